@@ -1,0 +1,236 @@
+"""Frozen CONCH ViT-B/16 (official `conch-fork` code): block taps, contrastive head, text embeddings."""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from construct.backbones.recipe import BackboneRecipe
+from construct.backbones.weights import (
+    HUB_PREFIX,
+    check_keys,
+    fingerprint,
+    hub_download,
+    is_random,
+    load_state_dict_file,
+    seeded_init,
+)
+from construct.errors import ConstructError
+
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+TAP_BLOCKS = (3, 6, 9, 12)  # 1-based block outputs, residual stream before the final norm
+NATIVE_IMAGE_SIZE = 448  # CONCH was trained (and its checkpoint saved) at 448 px
+TEXT_CONTEXT = 128  # 127 tokens + one pad placeholder that the text tower replaces by its CLS
+CHECKPOINT_FILE = "pytorch_model.bin"
+# Parts of the released checkpoint we never run: the caption decoder and the caption pooler.
+UNUSED_PREFIXES = ("text_decoder.", "visual.attn_pool_caption.", "visual.ln_caption.")
+# A CONCH of the same code with tiny widths, for tests and the demo (taps stay at blocks 3/6/9/12).
+TINY_OVERRIDES = {
+    "embed_dim": 64,
+    "vision_cfg": {"width": 64, "layers": 12, "num_heads": 4},
+    "text_cfg": {"width": 64, "heads": 4, "layers": 2},
+}
+
+
+def tap_name(block: int) -> str:
+    return f"conch_b{block}"
+
+
+def _conch_module(name: str):
+    """Import a `conch.open_clip_custom` module, silencing the deprecation warning its timm import raises."""
+    import importlib
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, module="timm")
+        return importlib.import_module(f"conch.open_clip_custom.{name}")
+
+
+def conch_config(tiny: bool, image_size: int) -> dict:
+    """The package's model config, without the never-released text decoder, at `image_size`."""
+    CFG_DIR = _conch_module("factory").CFG_DIR
+
+    cfg = json.loads((CFG_DIR / "conch_ViT-B-16.json").read_text())
+    cfg.pop("custom_text", None)
+    cfg["multimodal_cfg"]["layers"] = 0
+    cfg["vision_cfg"]["attentional_pool_caption"] = False
+    if tiny:
+        cfg["embed_dim"] = TINY_OVERRIDES["embed_dim"]
+        cfg["vision_cfg"].update(TINY_OVERRIDES["vision_cfg"])
+        cfg["text_cfg"].update(TINY_OVERRIDES["text_cfg"])
+    cfg["vision_cfg"]["image_size"] = image_size
+    return cfg
+
+
+def build_coca(tiny: bool, image_size: int) -> nn.Module:
+    return _conch_module("coca_model").CoCa(**conch_config(tiny, image_size))
+
+
+class ContrastiveHead(nn.Module):
+    """CONCH's frozen image head: final trunk norm → attentional pooler → ln → projection.
+
+    `weights` (B, N) in [0, 1] restrict which tokens the single query attends to, through an additive
+    log-mask, so the pooled embedding stays differentiable in a soft (CAM) mask.
+    """
+
+    def __init__(self, norm: nn.LayerNorm, pooler: nn.Module, ln_contrast: nn.LayerNorm, proj: torch.Tensor):
+        super().__init__()
+        self.norm = norm
+        self.pooler = pooler
+        self.ln_contrast = ln_contrast
+        self.proj = nn.Parameter(proj.detach().clone(), requires_grad=False)
+
+    @classmethod
+    def from_coca(cls, model: nn.Module) -> "ContrastiveHead":
+        v = model.visual
+        return cls(
+            copy.deepcopy(v.trunk.norm), copy.deepcopy(v.attn_pool_contrast),
+            copy.deepcopy(v.ln_contrast), v.proj_contrast,
+        )
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> "ContrastiveHead":
+        """Rebuild from the weights a store keeps, with widths read off the tensors."""
+        AttentionalPooler = _conch_module("transformer").AttentionalPooler
+        width = state["norm.weight"].shape[0]
+        embed = state["proj"].shape[0]
+        n_head = int(state["n_head"].item())
+        n_queries = state["pooler.query"].shape[0]
+        head = cls(nn.LayerNorm(width), AttentionalPooler(embed, width, n_head, n_queries),
+                   nn.LayerNorm(embed), state["proj"])
+        head.load_state_dict({k: v for k, v in state.items() if k != "n_head"})
+        return head
+
+    def export_state(self) -> dict[str, torch.Tensor]:
+        state = {k: v.detach().cpu().float() for k, v in self.state_dict().items()}
+        state["n_head"] = torch.tensor(float(self.pooler.attn.num_heads))
+        return state
+
+    @property
+    def embed_dim(self) -> int:
+        return self.proj.shape[0]
+
+    def forward(self, tokens: torch.Tensor, weights: torch.Tensor | None = None, eps: float = 1e-6) -> torch.Tensor:
+        x = self.pooler.ln_k(self.norm(tokens)).transpose(0, 1)  # (N, B, D)
+        b = tokens.shape[0]
+        q = self.pooler.ln_q(self.pooler.query).unsqueeze(1).expand(-1, b, -1)
+        mask = None
+        if weights is not None:
+            heads = self.pooler.attn.num_heads
+            log_w = torch.log(weights.to(x.dtype) + eps)  # (B, N)
+            mask = log_w[:, None, :].expand(b, q.shape[0], -1).repeat_interleave(heads, dim=0)
+        pooled = self.pooler.attn(q, x, x, need_weights=False, attn_mask=mask)[0][0]  # first query
+        return F.normalize(self.ln_contrast(pooled) @ self.proj, dim=-1)
+
+
+@dataclass(frozen=True)
+class ConchWeights:
+    state_dict: dict[str, torch.Tensor]
+    random_weights: bool
+    tiny: bool
+
+
+def resolve_conch_weights(spec: str) -> ConchWeights:
+    if is_random(spec):
+        tiny = spec == "random-tiny"
+        with seeded_init():
+            native = build_coca(tiny, NATIVE_IMAGE_SIZE)
+        return ConchWeights(native.state_dict(), random_weights=True, tiny=tiny)
+    if spec.startswith(HUB_PREFIX):
+        path = hub_download(spec[len(HUB_PREFIX):], CHECKPOINT_FILE, "--conch")
+    else:
+        path = Path(spec)
+    return ConchWeights(load_state_dict_file(path), random_weights=False, tiny=False)
+
+
+def resample_pos_embed(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Resample the checkpoint's positional grid to the model's, once, as `force_image_size` does."""
+    from timm.layers import resample_abs_pos_embed
+
+    key = "visual.trunk.pos_embed"
+    target = model.visual.trunk.pos_embed
+    if key in state and state[key].shape != target.shape:
+        state = dict(state)
+        state[key] = resample_abs_pos_embed(
+            state[key], new_size=list(model.visual.trunk.patch_embed.grid_size),
+            num_prefix_tokens=1, interpolation="bilinear", antialias=False, verbose=False,
+        )
+    return state
+
+
+class ConchBackbone(nn.Module):
+    """Frozen CONCH: `taps(images01)` gives block outputs; `text_embeddings` encodes class prompts."""
+
+    def __init__(self, model: nn.Module, recipe: BackboneRecipe):
+        super().__init__()
+        self.trunk = model.visual.trunk
+        self.text = model.text
+        self.contrastive_head = ContrastiveHead.from_coca(model)
+        self.recipe = recipe
+        self.register_buffer("mean", torch.tensor(recipe.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(recipe.std).view(1, 3, 1, 1), persistent=False)
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> "ConchBackbone":
+        return super().train(False)  # frozen: never dropout/drop-path
+
+    @property
+    def width(self) -> int:
+        return self.trunk.embed_dim
+
+    @property
+    def grid(self) -> int:
+        return self.recipe.image_size // self.trunk.patch_embed.patch_size[0]
+
+    def taps(self, images01: torch.Tensor, with_embedding: bool = True) -> dict[str, torch.Tensor]:
+        """images01: (B, 3, H, W) RGB in [0, 1]. Returns patch tokens (B, N, D) per tapped block,
+        `conch_cls` (B, D) of the last tapped block and, optionally, `conch_embedding` (B, E)."""
+        x = (images01 - self.mean) / self.std
+        outs = self.trunk.forward_intermediates(
+            x, indices=[b - 1 for b in TAP_BLOCKS], return_prefix_tokens=True, norm=False,
+            output_fmt="NLC", intermediates_only=True,
+        )
+        result = {tap_name(b): tokens for b, (tokens, _) in zip(TAP_BLOCKS, outs)}
+        last_tokens, last_prefix = outs[-1]
+        result["conch_cls"] = last_prefix[:, 0]
+        if with_embedding:
+            result["conch_embedding"] = self.contrastive_head(torch.cat([last_prefix, last_tokens], dim=1))
+        return result
+
+    @torch.no_grad()
+    def text_embeddings(self, texts: list[str]) -> torch.Tensor:
+        """L2-normalised text embeddings (len(texts), E), tokenised as CONCH was trained."""
+        tok = _conch_module("custom_tokenizer").get_tokenizer()
+        ids = tok(texts, max_length=TEXT_CONTEXT - 1, add_special_tokens=True, truncation=True,
+                  padding="max_length", return_token_type_ids=False, return_tensors="pt")["input_ids"]
+        ids = F.pad(ids, (0, 1), value=tok.pad_token_id).to(self.mean.device)
+        text = ids[:, :-1]  # the last slot is where the text tower puts its CLS
+        latent, _ = self.text(text)
+        return F.normalize(latent.float(), dim=-1)
+
+
+def build_conch(spec: str, image_size: int = 224) -> ConchBackbone:
+    weights = resolve_conch_weights(spec)
+    model = build_coca(weights.tiny, image_size)
+    state = resample_pos_embed(weights.state_dict, model)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    check_keys(list(missing), list(unexpected), spec, lambda k: k.startswith(UNUSED_PREFIXES))
+    if image_size % model.visual.trunk.patch_embed.patch_size[0]:
+        raise ConstructError(f"--image-size {image_size} is not a multiple of CONCH's patch size 16")
+    used = [(k, v) for k, v in model.state_dict().items()]
+    recipe = BackboneRecipe(
+        family="conch", spec=spec,
+        arch="conch_ViT-B-16" + ("-tiny" if weights.tiny else ""),
+        image_size=image_size, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD,
+        taps=tuple(tap_name(b) for b in TAP_BLOCKS) + ("conch_cls", "conch_embedding"),
+        fingerprint=fingerprint(iter(used)), random_weights=weights.random_weights,
+    )
+    return ConchBackbone(model, recipe)

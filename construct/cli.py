@@ -1,0 +1,140 @@
+"""The `construct` command line: parses flags and calls the library; every command is a function too."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+
+from construct import __version__
+from construct.errors import ConstructError
+
+SPLITS = ("train", "valid", "test")
+RANDOM_WARNING = (
+    "WARNING: random backbone weights ({specs}): features carry no pretrained knowledge; "
+    "numbers from them say nothing about the method."
+)
+
+
+def user_errors(fn: Callable) -> Callable:
+    """Turn a ConstructError into one `Error: ...` line and exit status 1, with no traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except ConstructError as e:
+            raise click.ClickException(str(e)) from e
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def warn_random(recipes) -> None:
+    specs = [f"{r.family}={r.spec}" for r in recipes if r.random_weights]
+    if specs:
+        click.secho(RANDOM_WARNING.format(specs=", ".join(specs)), fg="yellow", err=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="construct")
+def main() -> None:
+    """ConStruct: weakly supervised tissue segmentation of H&E tiles.
+
+    \b
+    Pipeline:  synth/your data -> extract -> train -> refine -> eval
+    Run `construct demo` to see all of it on the embedded synthetic data.
+    """
+
+
+@main.command()
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder to write the dataset to.")
+@click.option("--train", "n_train", type=int, default=200, show_default=True, help="Training tiles.")
+@click.option("--valid", "n_valid", type=int, default=40, show_default=True, help="Validation tiles.")
+@click.option("--test", "n_test", type=int, default=40, show_default=True, help="Test tiles.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same bytes.")
+@user_errors
+def synth(out: Path, n_train: int, n_valid: int, n_test: int, seed: int) -> None:
+    """Write a synthetic H&E-like dataset in the BCSS-WSSS layout (the embedded default data)."""
+    from construct.data.synth import SynthConfig, make_synthetic_dataset
+
+    make_synthetic_dataset(out, SynthConfig(n_train=n_train, n_valid=n_valid, n_test=n_test, seed=seed))
+    click.echo(f"synthetic dataset: {out} (train {n_train}, valid {n_valid}, test {n_test}, seed {seed})")
+
+
+@main.command()
+@click.option("--data", type=click.Path(path_type=Path), required=True, help="Dataset root (BCSS-WSSS layout).")
+@click.option("--split", type=click.Choice(SPLITS), default="train", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Store path [default: features/<split>.zarr].")
+@click.option("--conch", default=None, help="CONCH weights: hf:REPO, a pytorch_model.bin, random, random-tiny [default: hf:MahmoodLab/conch].")
+@click.option("--segformer", default=None, help="MiT-B1 weights: hf:REPO, a transformers folder, an NVlabs mit_b1.pth, random, random-tiny [default: hf:nvidia/mit-b1].")
+@click.option("--classes", default="bcss", show_default=True, help="Class set: bcss, luad or a JSON file.")
+@click.option("--image-size", type=click.Choice(["224", "448"]), default="224", show_default=True, help="CONCH input size (448 = 4x cost).")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True, help="Forward precision.")
+@click.option("--store-dtype", type=click.Choice(["float16", "int8"]), default="float16", show_default=True, help="Stored activations.")
+@click.option("--seg-stages", default="3", show_default=True, help="SegFormer stages to store, e.g. 3 or 2,3.")
+@click.option("--workers", type=int, default=2, show_default=True, help="Image decoding processes.")
+@click.option("--limit", type=int, default=None, help="Only the first N images (quick trials).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@user_errors
+def extract(data, split, out, conch, segformer, classes, image_size, batch_size, device, precision,
+            store_dtype, seg_stages, workers, limit, quiet) -> None:
+    """Run frozen CONCH + SegFormer once over a split and write their features to a Zarr store.
+
+    Re-running the same command resumes an interrupted extraction.
+    """
+    from construct.backbones.registry import DEFAULT_SPECS
+    from construct.extract.config import ExtractConfig
+    from construct.extract.extractor import extract as run_extract
+
+    try:
+        stages = tuple(int(s) for s in seg_stages.split(","))
+    except ValueError as e:
+        raise ConstructError(f"--seg-stages {seg_stages}: expected stage numbers such as 3 or 2,3") from e
+    cfg = ExtractConfig(
+        data=data, split=split, out=out, conch=conch or DEFAULT_SPECS["conch"],
+        segformer=segformer or DEFAULT_SPECS["segformer"], classes=classes, image_size=int(image_size),
+        batch_size=batch_size, device=device, precision=precision, store_dtype=store_dtype,
+        seg_stages=stages, workers=workers, limit=limit,
+    )
+    result = run_extract(cfg, progress=not quiet)
+    from construct.store import FeatureStore
+
+    warn_random(FeatureStore.open(result.store).recipes.values())
+    click.echo(
+        f"store: {result.store} ({result.n_rows} rows; extracted {result.n_extracted} now "
+        f"in {result.seconds:.1f} s, {result.images_per_s:.1f} img/s)"
+    )
+
+
+@main.command(name="eval")
+@click.option("--pred", type=click.Path(path_type=Path), required=True, help="Folder of predicted masks (<stem>.png).")
+@click.option("--data", type=click.Path(path_type=Path), required=True, help="Dataset root with ground truth.")
+@click.option("--split", type=click.Choice(["valid", "test"]), default="test", show_default=True)
+@click.option("--protocol", type=click.Choice(["bcss", "ignore-background"]), default="bcss", show_default=True,
+              help="bcss: background pixels count (the paper); ignore-background: MLPS style.")
+@click.option("--classes", default="bcss", show_default=True, help="Class set: bcss, luad or a JSON file.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write the metrics JSON here.")
+@click.option("--report", "report_path", type=click.Path(path_type=Path), default=None, help="Write a self-contained HTML report here.")
+@click.option("--features", type=click.Path(path_type=Path), default=None, help="Train feature store, for the report's prototype gallery.")
+@click.option("--allow-missing", is_flag=True, help="Count missing predictions instead of failing.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@user_errors
+def eval_cmd(pred, data, split, protocol, classes, json_path, report_path, features, allow_missing, quiet) -> None:
+    """Score predicted masks with the paper's protocol and print the comparison table."""
+    from construct.data.classes import load_classes
+    from construct.evaluate.run import evaluate_predictions
+    from construct.evaluate.table import format_table
+
+    result = evaluate_predictions(
+        pred, data, split, protocol=protocol, classes=load_classes(classes), allow_missing=allow_missing,
+        json_path=json_path, report_path=report_path, features=features, progress=not quiet,
+    )
+    click.echo(format_table(result))

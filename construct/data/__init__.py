@@ -1,0 +1,1 @@
+"""data phase/piece of construct."""

@@ -1,0 +1,115 @@
+"""`evaluate_predictions`: score a folder of predicted masks, write the JSON and the HTML report."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+from construct.data.classes import BCSS, ClassSet
+from construct.data.dataset import list_split
+from construct.errors import ConstructError
+from construct.evaluate.collect import Collected, collect
+from construct.evaluate.gallery import prototype_gallery
+from construct.evaluate.metrics import PROTOCOLS, apply_protocol, scores
+from construct.evaluate.report import example_tiles, render_report
+
+# Provenance files written by `construct refine` (in the prediction folder) and `construct synth`
+# (in the data root); they mark our row when the numbers cannot mean anything.
+REFINE_META = "refine.json"
+SYNTH_META = "construct_synth.json"
+GALLERY_K = 8
+
+
+def _read_json(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ConstructError(f"{path}: unreadable JSON ({e})") from e
+    if not isinstance(data, dict):
+        raise ConstructError(f"{path}: expected a JSON object")
+    return data
+
+
+def _flag(meta: dict | None, key: str) -> bool | None:
+    """The flag's value, or None when the provenance file is absent (unknown, not false)."""
+    return None if meta is None else bool(meta.get(key, False))
+
+
+def _defined(value: float) -> float | None:
+    """NaN (undefined: class absent from ground truth and prediction) becomes JSON null."""
+    return None if math.isnan(value) else float(value)
+
+
+def build_result(collected: Collected, classes: ClassSet, protocol: str, split: str) -> dict:
+    """The metrics dict, JSON-ready: percentages, None for undefined values, confusion in pixels."""
+    conf = apply_protocol(collected.total, protocol, classes.background_index)
+    s = scores(conf, classes)
+    return {
+        "protocol": protocol,
+        "split": split,
+        "n_images": len(collected.samples),
+        "classes": classes.names,
+        "mIoU": _defined(s.miou),
+        "mDice": _defined(s.mdice),
+        "FwIoU": _defined(s.fwiou),
+        "pixel_accuracy": _defined(s.pixel_accuracy),
+        "IoU": {c.name: _defined(s.iou[c.mask_index]) for c in classes.classes},
+        "Dice": {c.name: _defined(s.dice[c.mask_index]) for c in classes.classes},
+        "confusion": conf.tolist(),
+        "n_missing": len(collected.missing),
+        "missing": collected.missing,
+        "extra": collected.extra,
+    }
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write via a temporary file and rename, so a reader never sees a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # A plain open (not mkstemp) so the file gets the user's usual permissions, not 0600.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def evaluate_predictions(
+    pred_dir: Path | str,
+    data_dir: Path | str,
+    split: str,
+    protocol: str = "bcss",
+    classes: ClassSet = BCSS,
+    allow_missing: bool = False,
+    json_path: Path | str | None = None,
+    report_path: Path | str | None = None,
+    features: Path | str | None = None,
+    progress: bool = True,
+    gallery_k: int = GALLERY_K,
+) -> dict:
+    """Score `pred_dir/<stem>.png` against the split's ground truth; see `build_result` for the dict.
+
+    Adds "random_weights" and "synthetic" (None when unknown). `features` (the train feature store)
+    is only used for the report's prototype gallery.
+    """
+    if protocol not in PROTOCOLS:
+        raise ConstructError(f"unknown protocol {protocol!r} (expected one of {', '.join(PROTOCOLS)})")
+    pred_dir, data_dir = Path(pred_dir), Path(data_dir)
+    samples = list_split(data_dir, split, classes)
+    collected = collect(pred_dir, samples, classes, allow_missing=allow_missing, progress=progress)
+    result = build_result(collected, classes, protocol, split)
+    result["random_weights"] = _flag(_read_json(pred_dir / REFINE_META), "random_weights")
+    result["synthetic"] = _flag(_read_json(data_dir / SYNTH_META), "synthetic")
+    if json_path is not None:
+        write_atomic(Path(json_path), json.dumps(result, indent=2, allow_nan=False) + "\n")
+    if report_path is not None:
+        gallery = prototype_gallery(features, gallery_k) if features is not None else None
+        tiles = example_tiles(collected, pred_dir, classes, protocol)
+        write_atomic(Path(report_path), render_report(result, classes, tiles, gallery))
+    return result

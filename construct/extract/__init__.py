@@ -1,0 +1,1 @@
+"""extract phase/piece of construct."""

@@ -1,0 +1,160 @@
+"""`construct extract`: run the frozen backbones once over a split and write the feature store."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from construct.backbones.recipe import BackboneRecipe
+from construct.backbones.registry import create_backbone
+from construct.data.classes import load_classes
+from construct.data.dataset import list_split
+from construct.errors import ConstructError
+from construct.extract.config import ExtractConfig
+from construct.extract.loader import TileDataset, images_to_tensor, tile_loader
+from construct.runtime import autocast, resolve_device
+from construct.store import FeatureStore, StoreLayout, StoreSpec, STORE_DTYPES, dataset_fingerprint
+
+MAX_PENDING_WRITES = 2  # shards queued for the writer thread before the forward waits (bounds memory)
+
+
+class Backbone(Protocol):
+    recipe: BackboneRecipe
+
+    def taps(self, images01: torch.Tensor) -> dict[str, torch.Tensor]: ...
+
+
+@dataclass
+class ExtractResult:
+    store: Path
+    n_rows: int
+    n_extracted: int
+    seconds: float
+    random_weights: bool
+
+    @property
+    def images_per_s(self) -> float:
+        return self.n_extracted / self.seconds if self.seconds > 0 else 0.0
+
+
+def _store_spec(cfg: ExtractConfig, samples, classes, conch, segformer) -> StoreSpec:
+    root = Path(cfg.data).resolve()
+    rel = [str(s.image_path.resolve().relative_to(root)) for s in samples]
+    sizes = [s.image_path.stat().st_size for s in samples]
+    layout = StoreLayout(
+        conch_taps=tuple(f"conch_b{b}" for b in cfg.conch_blocks),
+        seg_taps=tuple(f"seg_s{s}" for s in cfg.seg_stages),
+        keep_cls=cfg.keep_cls, store_dtype=cfg.store_dtype, shard_rows=cfg.shard_rows,
+    )
+    # One probe image gives every per-row shape, whatever the backbone widths.
+    with torch.no_grad():
+        probe = torch.zeros(1, 3, cfg.image_size, cfg.image_size, device=conch.mean.device)
+        shapes = {k: tuple(v.shape[1:]) for k, v in {**conch.taps(probe), **segformer.taps(probe)}.items()}
+    missing = [t for t in layout.feature_arrays() if t not in shapes]
+    if missing:
+        raise ConstructError(f"requested taps not produced by the backbones: {', '.join(missing)}")
+    with_masks = any(s.mask_path is not None for s in samples)
+    if with_masks:
+        shapes["mask"] = (cfg.image_size, cfg.image_size)
+    labels = np.stack([s.labels for s in samples]) if all(s.labels is not None for s in samples) else None
+    head = {k: v.numpy() for k, v in conch.contrastive_head.export_state().items()}
+    return StoreSpec(
+        split=cfg.split, image_ids=[s.image_id for s in samples], rel_paths=rel, data_root=str(root),
+        classes=classes, backbones={"conch": conch.recipe, "segformer": segformer.recipe}, layout=layout,
+        shapes=shapes, text_embeddings=conch.text_embeddings(classes.descriptions).cpu().numpy(),
+        contrastive_head=head, dataset_fingerprint=dataset_fingerprint(rel, sizes),
+        preprocessing={"image_size": cfg.image_size, "precision": cfg.precision,
+                       "input": "RGB uint8 / 255, then each backbone's own mean/std"},
+        config=cfg.to_dict(), labels=labels,
+    )
+
+
+def _validate(cfg: ExtractConfig) -> None:
+    if cfg.store_dtype not in STORE_DTYPES:
+        raise ConstructError(f"--store-dtype {cfg.store_dtype}: expected one of {', '.join(STORE_DTYPES)}")
+    if cfg.batch_size < 1 or cfg.shard_rows < 1:
+        raise ConstructError("--batch-size and shard rows must be at least 1")
+    if cfg.limit is not None and cfg.limit < 1:
+        raise ConstructError("--limit must be at least 1")
+
+
+def extract(
+    cfg: ExtractConfig,
+    conch: Backbone | None = None,
+    segformer: Backbone | None = None,
+    progress: bool = True,
+) -> ExtractResult:
+    """Extract (or resume extracting) one split into `cfg.out_path`. Backbones may be passed in
+    (any objects with `recipe` and `taps`; CONCH also `text_embeddings` and `contrastive_head`)."""
+    _validate(cfg)
+    device = resolve_device(cfg.device)
+    classes = load_classes(cfg.classes)
+    samples = list_split(Path(cfg.data), cfg.split, classes)
+    if cfg.limit is not None:
+        samples = samples[: cfg.limit]
+    conch = conch or create_backbone("conch", cfg.conch, cfg.image_size)
+    segformer = segformer or create_backbone("segformer", cfg.segformer, cfg.image_size)
+    conch.to(device)
+    segformer.to(device)
+    spec = _store_spec(cfg, samples, classes, conch, segformer)
+    out = cfg.out_path
+    fresh = not (out / "zarr.json").exists()
+    store = FeatureStore.open_or_create(out, spec)
+    pending = store.pending_shards()
+    n_pending = sum(b - a for a, b in pending)
+    dataset = TileDataset(samples, classes, cfg.image_size, with_masks="mask" in spec.shapes)
+    wanted = set(store.layout.feature_arrays()) | {"conch_embedding"} | ({"conch_cls"} if cfg.keep_cls else set())
+    start = time.perf_counter()
+    try:
+        _run(store, dataset, pending, wanted, conch, segformer, device, cfg, progress, n_pending)
+    except BaseException:
+        if fresh and store.n_done == 0:
+            import shutil
+
+            shutil.rmtree(out, ignore_errors=True)  # nothing was extracted: leave nothing behind
+        raise
+    return ExtractResult(out, store.n_rows, n_pending, time.perf_counter() - start,
+                         any(r.random_weights for r in spec.backbones.values()))
+
+
+def _run(store, dataset, pending, wanted, conch, segformer, device, cfg, progress, n_pending) -> None:
+    shard_of = {row: (a, b) for a, b in pending for row in range(a, b)}
+    buffers: dict[tuple[int, int], list[dict[str, np.ndarray]]] = {}
+    writes: list[Future] = []
+    bar = tqdm(total=n_pending, unit="img", desc=f"extract {cfg.split}", disable=not progress, dynamic_ncols=True)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer") as writer:
+        for batch in tile_loader(dataset, pending, cfg.batch_size, cfg.workers):
+            if batch["error"]:
+                raise ConstructError(batch["error"] + _resume_hint(store))
+            images = images_to_tensor(batch["images"], device)
+            with torch.no_grad(), autocast(device, cfg.precision):
+                feats = {**conch.taps(images), **segformer.taps(images)}
+            part = {k: v.float().cpu().numpy() for k, v in feats.items() if k in wanted}
+            part["labels"] = batch["labels"].numpy()
+            if batch["masks"].numel():
+                part["mask"] = batch["masks"].numpy()
+            rows = batch["rows"].tolist()
+            shard = shard_of[rows[0]]
+            buffers.setdefault(shard, []).append(part)
+            bar.update(len(rows))
+            if rows[-1] == shard[1] - 1:
+                parts = buffers.pop(shard)
+                arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+                while len(writes) >= MAX_PENDING_WRITES:
+                    writes.pop(0).result()  # re-raises a failed write here
+                writes.append(writer.submit(store.write_shard, shard[0], shard[1], arrays))
+        for f in writes:
+            f.result()
+    bar.close()
+    store.refresh()
+
+
+def _resume_hint(store: FeatureStore) -> str:
+    return f" (the store {store.path} keeps the rows done so far: fix the file and re-run to resume)"

@@ -1,0 +1,1 @@
+"""refine phase/piece of construct."""

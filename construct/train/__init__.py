@@ -1,0 +1,1 @@
+"""train phase/piece of construct."""
