@@ -8,9 +8,7 @@ with the offending path, so a bad tile among thousands is found at once.
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from construct.data.classes import ClassSet
+from construct.atomic import atomic_output
 from construct.errors import ConstructError
 
 IMAGE_SIZE = 224
@@ -56,7 +55,7 @@ def split_dir(root: Path, split: str) -> Path:
         if key == "train":
             return folder / "img" if (folder / "img").is_dir() else folder
         if not (folder / "img").is_dir():
-            raise ConstructError(f"{folder}: no img/ folder ({key} and test need img/ and mask/)")
+            raise ConstructError(f"{folder}: no img/ folder (valid/test need img/ and mask/)")
         return folder / "img"
     tried = " or ".join(f"{name}/" for name in _SPLIT_FOLDERS[key])
     raise ConstructError(f"{root}: no {key} split folder (looked for {tried})")
@@ -162,14 +161,8 @@ def write_mask(path: Path, mask: np.ndarray, classes: ClassSet) -> None:
     height, width = mask.shape
     im = Image.frombytes("P", (width, height), np.ascontiguousarray(mask, dtype=np.uint8).tobytes())
     im.putpalette(classes.palette())
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            im.save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as tmp:
+        im.save(tmp, format="PNG")
 
 
 def labels_from_mask(mask: np.ndarray, classes: ClassSet) -> np.ndarray:

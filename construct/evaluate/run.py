@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 from construct.data.classes import BCSS, ClassSet
 from construct.data.dataset import list_split
+from construct.atomic import write_text_atomic
 from construct.errors import ConstructError
 from construct.evaluate.collect import Collected, collect
 from construct.evaluate.gallery import prototype_gallery
@@ -66,20 +66,6 @@ def build_result(collected: Collected, classes: ClassSet, protocol: str, split: 
     }
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file and rename, so a reader never sees a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A plain open (not mkstemp) so the file gets the user's usual permissions, not 0600.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def evaluate_predictions(
     pred_dir: Path | str,
     data_dir: Path | str,
@@ -107,9 +93,9 @@ def evaluate_predictions(
     result["random_weights"] = _flag(_read_json(pred_dir / REFINE_META), "random_weights")
     result["synthetic"] = _flag(_read_json(data_dir / SYNTH_META), "synthetic")
     if json_path is not None:
-        write_atomic(Path(json_path), json.dumps(result, indent=2, allow_nan=False) + "\n")
+        write_text_atomic(Path(json_path), json.dumps(result, indent=2, allow_nan=False) + "\n")
     if report_path is not None:
         gallery = prototype_gallery(features, gallery_k) if features is not None else None
         tiles = example_tiles(collected, pred_dir, classes, protocol)
-        write_atomic(Path(report_path), render_report(result, classes, tiles, gallery))
+        write_text_atomic(Path(report_path), render_report(result, classes, tiles, gallery))
     return result
