@@ -138,3 +138,49 @@ def eval_cmd(pred, data, split, protocol, classes, json_path, report_path, featu
         json_path=json_path, report_path=report_path, features=features, progress=not quiet,
     )
     click.echo(format_table(result))
+
+
+@main.command()
+@click.option("--features", type=click.Path(path_type=Path), required=True, help="Train feature store (from `construct extract`).")
+@click.option("--val-features", type=click.Path(path_type=Path), default=None, help="Validation store: per-epoch mIoU, best head kept.")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Run folder [default: runs/construct].")
+@click.option("--preset", type=click.Choice(["paper", "demo"]), default="paper", show_default=True,
+              help="paper: the paper's schedule; demo: tuned for synthetic data on CPU.")
+@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, help="JSON/TOML file of settings (between preset and flags).")
+@click.option("--epochs", type=int, default=None, help="[paper: 2]")
+@click.option("--batch-size", type=int, default=None, help="[paper: 10]")
+@click.option("--lr", type=float, default=None, help="AdamW learning rate, poly decay [paper: 2e-5].")
+@click.option("--seed", type=int, default=None, help="[default: 0]")
+@click.option("--no-distill", is_flag=True, help="Ablation: no structural distillation.")
+@click.option("--no-contrast", is_flag=True, help="Ablation: no FG/BG contrastive term.")
+@click.option("--no-text-init", is_flag=True, help="Ablation: random prototypes instead of CONCH text embeddings.")
+@click.option("--device", default=None, help="auto, cpu, cuda, ...")
+@click.option("--workers", type=int, default=None, help="Store reading processes [default: 1].")
+@click.option("--resume", is_flag=True, help="Continue a killed run in --out.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@user_errors
+def train(features, val_features, out, preset, config_file, epochs, batch_size, lr, seed, no_distill, no_contrast,
+          no_text_init, device, workers, resume, quiet) -> None:
+    """Learn the ConStruct head (adapters, prototypes, projections) from a feature store only."""
+    from construct.head.io import read_run_config
+    from construct.train.config import resolve_config
+    from construct.train.trainer import train as run_train
+
+    out = out or Path("runs/construct")
+    if resume:  # a resumed run keeps the settings it was started with
+        saved = read_run_config(out)["train"]
+        cfg = resolve_config(saved["preset"], None, **{k: v for k, v in saved.items() if k != "preset"})
+    else:
+        cfg = resolve_config(
+            preset, config_file, features=str(features), val_features=str(val_features) if val_features else None,
+            out=str(out), epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+            distill=False if no_distill else None, contrast=False if no_contrast else None,
+            text_init=False if no_text_init else None, device=device, workers=workers,
+        )
+    from construct.store import FeatureStore
+
+    warn_random(FeatureStore.open(cfg.features).recipes.values())
+    result = run_train(cfg, resume=resume, progress=not quiet)
+    best = f", best val mIoU {result.best_miou:.2f}" if result.best_miou is not None else ""
+    click.echo(f"run: {result.run} ({result.n_trainable:,} trainable parameters; final loss "
+               f"{result.final_loss:.4f}{best}; {result.seconds:.1f} s)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from construct.errors import ConstructError
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 TAP_BLOCKS = (3, 6, 9, 12)  # 1-based block outputs, residual stream before the final norm
+PATCH_SIZE = 16
 NATIVE_IMAGE_SIZE = 448  # CONCH was trained (and its checkpoint saved) at 448 px
 TEXT_CONTEXT = 128  # 127 tokens + one pad placeholder that the text tower replaces by its CLS
 CHECKPOINT_FILE = "pytorch_model.bin"
@@ -117,17 +119,76 @@ class ContrastiveHead(nn.Module):
     def embed_dim(self) -> int:
         return self.proj.shape[0]
 
-    def forward(self, tokens: torch.Tensor, weights: torch.Tensor | None = None, eps: float = 1e-6) -> torch.Tensor:
-        x = self.pooler.ln_k(self.norm(tokens)).transpose(0, 1)  # (N, B, D)
-        b = tokens.shape[0]
-        q = self.pooler.ln_q(self.pooler.query).unsqueeze(1).expand(-1, b, -1)
-        mask = None
-        if weights is not None:
-            heads = self.pooler.attn.num_heads
-            log_w = torch.log(weights.to(x.dtype) + eps)  # (B, N)
-            mask = log_w[:, None, :].expand(b, q.shape[0], -1).repeat_interleave(heads, dim=0)
-        pooled = self.pooler.attn(q, x, x, need_weights=False, attn_mask=mask)[0][0]  # first query
+    def pool_masked(self, tokens: torch.Tensor, weights: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+        """Embeddings of M soft regions per image: tokens (B, N, D), weights (B, M, N) → (B, M, E).
+
+        The pooler has a single learned query, so keys, values and the attention logits are computed
+        once per image and only the additive log-mask differs per region: M regions cost about one.
+        """
+        attn = self.pooler.attn
+        if attn._qkv_same_embed_dim:
+            wq, wk, wv = attn.in_proj_weight.chunk(3)
+        else:
+            wq, wk, wv = attn.q_proj_weight, attn.k_proj_weight, attn.v_proj_weight
+        bq, bk, bv = attn.in_proj_bias.chunk(3) if attn.in_proj_bias is not None else (None, None, None)
+        x = self.pooler.ln_k(self.norm(tokens))
+        b, n, _ = x.shape
+        h = attn.num_heads
+        e = attn.embed_dim
+        q = F.linear(self.pooler.ln_q(self.pooler.query[:1]), wq, bq).view(h, e // h)
+        k = F.linear(x, wk, bk).view(b, n, h, e // h)
+        v = F.linear(x, wv, bv).view(b, n, h, e // h)
+        logits = torch.einsum("hd,bnhd->bhn", q, k) / math.sqrt(e // h)  # (B, h, N)
+        logits = logits[:, None] + torch.log(weights.to(logits.dtype) + eps)[:, :, None, :]  # (B, M, h, N)
+        pooled = torch.einsum("bmhn,bnhd->bmhd", logits.softmax(dim=-1), v).reshape(b, -1, e)
+        pooled = attn.out_proj(pooled)
         return F.normalize(self.ln_contrast(pooled) @ self.proj, dim=-1)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """CONCH's image embedding (B, E) of all tokens."""
+        ones = tokens.new_ones(tokens.shape[0], 1, tokens.shape[1])
+        return self.pool_masked(tokens, ones)[:, 0]
+
+
+# Shapes that identify each architecture this code can build (attention heads leave no trace in the
+# weights, so a checkpoint is matched against the known sizes rather than sized freely).
+FULL_DIMS = {"vision_width": 768, "vision_layers": 12, "text_width": 768, "text_layers": 12, "embed_dim": 512}
+TINY_DIMS = {
+    "vision_width": TINY_OVERRIDES["vision_cfg"]["width"], "vision_layers": TINY_OVERRIDES["vision_cfg"]["layers"],
+    "text_width": TINY_OVERRIDES["text_cfg"]["width"], "text_layers": TINY_OVERRIDES["text_cfg"]["layers"],
+    "embed_dim": TINY_OVERRIDES["embed_dim"],
+}
+
+
+def _count_blocks(state: dict[str, torch.Tensor], prefix: str) -> int:
+    return len({k[len(prefix):].split(".")[0] for k in state if k.startswith(prefix)})
+
+
+def checkpoint_dims(state: dict[str, torch.Tensor]) -> dict[str, int] | None:
+    """Widths and depths of a CONCH state dict, or None when its key tensors are missing."""
+    try:
+        return {
+            "vision_width": state["visual.trunk.cls_token"].shape[-1],
+            "vision_layers": _count_blocks(state, "visual.trunk.blocks."),
+            "text_width": state["text.token_embedding.weight"].shape[-1],
+            "text_layers": _count_blocks(state, "text.transformer.resblocks."),
+            "embed_dim": state["visual.proj_contrast"].shape[0],
+        }
+    except (KeyError, IndexError, AttributeError):
+        return None
+
+
+def is_tiny_checkpoint(state: dict[str, torch.Tensor], spec: str) -> bool:
+    """Whether a local checkpoint holds the tiny test architecture (e.g. one saved from `random-tiny`)
+    rather than CONCH ViT-B/16; a checkpoint of any other size is refused in one line."""
+    dims = checkpoint_dims(state)
+    if dims is None or dims == FULL_DIMS:
+        return False  # missing keys are reported by check_keys with their names
+    if dims == TINY_DIMS:
+        return True
+    found = ", ".join(f"{k} {v}" for k, v in dims.items())
+    expected = ", ".join(f"{k} {v}" for k, v in FULL_DIMS.items())
+    raise ConstructError(f"{spec}: not a CONCH ViT-B/16 checkpoint (found {found}; expected {expected})")
 
 
 @dataclass(frozen=True)
@@ -147,7 +208,8 @@ def resolve_conch_weights(spec: str) -> ConchWeights:
         path = hub_download(spec[len(HUB_PREFIX):], CHECKPOINT_FILE, "--conch")
     else:
         path = Path(spec)
-    return ConchWeights(load_state_dict_file(path), random_weights=False, tiny=False)
+    state = load_state_dict_file(path)
+    return ConchWeights(state, random_weights=False, tiny=is_tiny_checkpoint(state, spec))
 
 
 def resample_pos_embed(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
@@ -217,14 +279,23 @@ class ConchBackbone(nn.Module):
         return F.normalize(latent.float(), dim=-1)
 
 
+def _first_mismatch(e: RuntimeError) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln]
+    return lines[0].rstrip(".") if lines else str(e).splitlines()[0]
+
+
 def build_conch(spec: str, image_size: int = 224) -> ConchBackbone:
+    if image_size % PATCH_SIZE:
+        raise ConstructError(f"--image-size {image_size} is not a multiple of CONCH's patch size {PATCH_SIZE}")
     weights = resolve_conch_weights(spec)
-    model = build_coca(weights.tiny, image_size)
+    with seeded_init():  # every weight is overwritten below; this only keeps the caller's RNG untouched
+        model = build_coca(weights.tiny, image_size)
     state = resample_pos_embed(weights.state_dict, model)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # tensors of the wrong shape
+        raise ConstructError(f"{spec}: checkpoint does not match the CONCH architecture ({_first_mismatch(e)})") from e
     check_keys(list(missing), list(unexpected), spec, lambda k: k.startswith(UNUSED_PREFIXES))
-    if image_size % model.visual.trunk.patch_embed.patch_size[0]:
-        raise ConstructError(f"--image-size {image_size} is not a multiple of CONCH's patch size 16")
     used = [(k, v) for k, v in model.state_dict().items()]
     recipe = BackboneRecipe(
         family="conch", spec=spec,

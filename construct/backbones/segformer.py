@@ -88,7 +88,8 @@ def _load_model(spec: str) -> tuple[nn.Module, bool]:
     if spec.startswith(HUB_PREFIX) or Path(spec).is_dir():
         source = spec[len(HUB_PREFIX):] if spec.startswith(HUB_PREFIX) else spec
         try:
-            return SegformerModel.from_pretrained(source), False
+            with seeded_init():  # leaves the caller's RNG untouched (weights come from the folder)
+                return SegformerModel.from_pretrained(source), False
         except (OSError, ValueError) as e:
             where = "the Hugging Face hub" if spec.startswith(HUB_PREFIX) else "this folder"
             raise ConstructError(
@@ -103,8 +104,13 @@ def _load_model(spec: str) -> tuple[nn.Module, bool]:
         raise ConstructError(f"{spec}: not a MiT/SegFormer encoder checkpoint (stage norms not found)")
     depths = [len({k.split(".")[3] for k in sd if k.startswith(f"stages.{i}.blocks.")}) for i in range(N_STAGES)]
     heads = MIT_B1["num_attention_heads"]
-    model = SegformerModel(_config({"hidden_sizes": hidden, "depths": depths, "num_attention_heads": heads}))
-    missing, unexpected = model.load_state_dict(sd, strict=False)
+    with seeded_init():  # every weight is overwritten below; this only keeps the caller's RNG untouched
+        model = SegformerModel(_config({"hidden_sizes": hidden, "depths": depths, "num_attention_heads": heads}))
+    try:
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+    except RuntimeError as e:  # tensors of the wrong shape
+        lines = [ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln] or str(e).splitlines()[:1]
+        raise ConstructError(f"{spec}: checkpoint does not match the MiT architecture ({lines[0].rstrip('.')})") from e
     check_keys(list(missing), list(unexpected), spec, lambda k: False)
     return model, False
 

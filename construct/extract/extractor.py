@@ -132,6 +132,8 @@ def _run(store, dataset, pending, wanted, conch, segformer, device, cfg, progres
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer") as writer:
         for batch in tile_loader(dataset, pending, cfg.batch_size, cfg.workers):
             if batch["error"]:
+                for f in writes:
+                    f.result()  # finish the shards already queued, so the hint below is true
                 raise ConstructError(batch["error"] + _resume_hint(store))
             images = images_to_tensor(batch["images"], device)
             with torch.no_grad(), autocast(device, cfg.precision):
@@ -157,4 +159,6 @@ def _run(store, dataset, pending, wanted, conch, segformer, device, cfg, progres
 
 
 def _resume_hint(store: FeatureStore) -> str:
+    if store.n_done == 0:
+        return ""  # nothing to keep: a fresh store is removed again
     return f" (the store {store.path} keeps the rows done so far: fix the file and re-run to resume)"

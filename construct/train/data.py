@@ -1,0 +1,46 @@
+"""Streaming random batches from a feature store: memory does not grow with the number of images."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from construct.store import FeatureStore
+
+
+class StoreBatches(Dataset):
+    """Item i = batch i of row indices → tensors of the requested arrays (+ labels).
+
+    The store is opened lazily in each worker process, so nothing large crosses process boundaries.
+    """
+
+    def __init__(self, path: str, names: Sequence[str], batches: Sequence[np.ndarray]):
+        self.path = path
+        self.names = tuple(names)
+        self.batches = list(batches)
+        self._store: FeatureStore | None = None
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        if self._store is None:
+            self._store = FeatureStore.open(self.path)
+        data = self._store.read_batch(self.batches[i], self.names)
+        return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in data.items()}
+
+
+def epoch_batches(n_rows: int, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
+    """A seeded permutation per epoch, cut into full batches (batch norm needs more than one sample)."""
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    order = torch.randperm(n_rows, generator=g).numpy()
+    n_full = max(1, n_rows // batch_size)
+    return [order[i * batch_size: (i + 1) * batch_size] for i in range(n_full)]
+
+
+def batch_loader(path: str, names: Sequence[str], batches: Sequence[np.ndarray], workers: int) -> DataLoader:
+    return DataLoader(StoreBatches(path, names, batches), batch_size=None, shuffle=False,
+                      num_workers=workers, prefetch_factor=4 if workers else None)

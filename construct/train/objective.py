@@ -1,0 +1,53 @@
+"""One training step's losses: classification, structural distillation, FG/BG contrast."""
+
+from __future__ import annotations
+
+import torch
+
+from construct.backbones.conch import ContrastiveHead
+from construct.head.model import ConStructHead
+from construct.train.config import TrainConfig
+from construct.train.losses import (
+    MemoryBank,
+    classification_loss,
+    fg_bg_contrastive_loss,
+    relational_distillation_loss,
+    soft_region_weights,
+)
+
+CONTRAST_TOKENS = "conch_b12"  # the contrastive head reads the last block, as CONCH does
+
+
+def teacher_tap(level: int) -> str:
+    """The SegFormer stage distilled into a head level (same pyramid position)."""
+    return f"seg_s{level}"
+
+
+def compute_losses(
+    head: ConStructHead, contrastive_head: ContrastiveHead | None, maps: dict[str, torch.Tensor],
+    labels: torch.Tensor, cfg: TrainConfig, bank: MemoryBank | None,
+) -> dict[str, torch.Tensor]:
+    """maps: `conch_b*` (B, D, g, g) and `seg_s*` (B, C, h, w). Returns each term and the weighted total."""
+    out = head(maps)
+    hc = head.config
+    losses = {"cls": classification_loss(out, labels, dict(zip(hc.cam_levels, hc.bce_weights)))}
+    total = cfg.w_cls * losses["cls"]
+    if cfg.distill:
+        terms = [relational_distillation_loss(out.features[k], maps[teacher_tap(k)]) for k in hc.distill_levels]
+        losses["distill"] = torch.stack(terms).mean()
+        total = total + cfg.w_distill * losses["distill"]
+    if cfg.contrast and contrastive_head is not None and bool(labels.any()):
+        gate = labels.float()[:, :, None, None]
+        weights = soft_region_weights(head.fused_cam(out) * gate, cfg.fg_threshold, cfg.fg_softness).flatten(2)
+        tokens = maps[CONTRAST_TOKENS].flatten(2).transpose(1, 2)  # (B, N, D)
+        fg_all = contrastive_head.pool_masked(tokens, weights)
+        bg_all = contrastive_head.pool_masked(tokens, 1 - weights)
+        b_idx, c_idx = labels.bool().nonzero(as_tuple=True)
+        fg, bg = fg_all[b_idx, c_idx], bg_all[b_idx, c_idx]
+        losses["contrast"] = fg_bg_contrastive_loss(
+            fg, bg, c_idx, head.prototypes, bank.get().to(fg.device) if bank else None, cfg.contrast_tau)
+        total = total + cfg.w_contrast * losses["contrast"]
+        if bank is not None:
+            bank.push(bg)
+    losses["total"] = total
+    return losses

@@ -1,0 +1,216 @@
+"""`construct train`: learn the head from a feature store only (no backbone is ever loaded)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from construct.atomic import atomic_output
+from construct.backbones.conch import ContrastiveHead
+from construct.backbones.weights import seeded_init
+from construct.errors import ConstructError
+from construct.head.io import HEAD_FILES, RUN_CONFIG, save_head, write_run_config
+from construct.head.model import ConStructHead, HeadConfig
+from construct.runtime import resolve_device
+from construct.store import FeatureStore
+from construct.train.augment import augment_maps
+from construct.train.config import TrainConfig
+from construct.train.data import batch_loader, epoch_batches
+from construct.train.losses import MemoryBank
+from construct.train.objective import CONTRAST_TOKENS, compute_losses, teacher_tap
+from construct.train.validate import validate
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
+LOG = "train.log"
+log = logging.getLogger("construct.train")
+
+
+@dataclass
+class TrainResult:
+    run: Path
+    n_trainable: int
+    final_loss: float
+    best_miou: float | None
+    seconds: float
+
+
+def _head_config(cfg: TrainConfig, store: FeatureStore) -> HeadConfig:
+    n_tokens, width = store.shape(CONTRAST_TOKENS)
+    return HeadConfig(
+        n_classes=len(store.classes), width=width, embed_dim=store.text_embeddings.shape[1],
+        cam_levels=cfg.cam_levels, bce_weights=cfg.bce_weights, fuse_weights=cfg.fuse_weights,
+        distill_levels=cfg.distill_levels, n_ratio=cfg.n_ratio, grid=int(math.isqrt(n_tokens)),
+    )
+
+
+def _check_stores(cfg: TrainConfig, store: FeatureStore, val: FeatureStore | None, needed: list[str]) -> None:
+    missing = [n for n in needed if not store.has(n)]
+    if missing:
+        raise ConstructError(f"{store.path}: store lacks {', '.join(missing)} needed by this training "
+                             f"(re-extract with those taps, or disable the loss that needs them)")
+    if store.n_rows < 2:
+        raise ConstructError(f"{store.path}: store has {store.n_rows} rows; training needs at least 2")
+    if val is None:
+        return
+    if val.classes.to_dict() != store.classes.to_dict():
+        raise ConstructError(f"{val.path}: validation store has different classes from {store.path}")
+    fp = {k: r.fingerprint for k, r in store.recipes.items()}
+    if {k: r.fingerprint for k, r in val.recipes.items()} != fp:
+        raise ConstructError(f"{val.path}: validation store was extracted with different backbones from {store.path}")
+    if not val.has("mask"):
+        raise ConstructError(f"{val.path}: validation store has no ground-truth masks (extract the valid split)")
+
+
+def _to_maps(batch: dict[str, torch.Tensor], grid: int, device: torch.device) -> dict[str, torch.Tensor]:
+    maps = {}
+    for k, v in batch.items():
+        if k == "labels":
+            continue
+        v = v.to(device)
+        maps[k] = v.transpose(1, 2).reshape(v.shape[0], v.shape[2], grid, grid) if v.ndim == 3 else v
+    return maps
+
+
+def _setup_logging(run: Path) -> logging.Handler:
+    handler = logging.FileHandler(run / LOG)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    return handler
+
+
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> TrainResult:
+    device = resolve_device(cfg.device)
+    store = FeatureStore.open(cfg.features)
+    val = FeatureStore.open(cfg.val_features) if cfg.val_features else None
+    hc = _head_config(cfg, store)
+    needed = [f"conch_b{b}" for b in hc.blocks()]
+    needed += [teacher_tap(k) for k in hc.distill_levels] if cfg.distill else []
+    _check_stores(cfg, store, val, needed)
+    run = Path(cfg.out)
+    ckpt_path = run / CHECKPOINT
+    if resume and not ckpt_path.is_file():
+        raise ConstructError(f"{run}: nothing to resume (no {CHECKPOINT})")
+    if not resume and (run / RUN_CONFIG).exists():
+        raise ConstructError(f"{run}: already holds a run; use --resume to continue it or choose another --out")
+    run.mkdir(parents=True, exist_ok=True)
+    handler = _setup_logging(run)
+    try:
+        return _train(cfg, store, val, hc, run, device, resume, progress)
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+
+
+def _train(cfg, store, val, hc, run, device, resume, progress) -> TrainResult:
+    text = torch.from_numpy(store.text_embeddings) if cfg.text_init else None
+    with seeded_init(cfg.seed):
+        head = ConStructHead(hc, text).to(device)
+    chead = ContrastiveHead.from_state_dict(
+        {k: torch.from_numpy(v) for k, v in store.contrastive_head_state().items()}).to(device)
+    chead.requires_grad_(False).eval()
+    bank = MemoryBank(cfg.bank_size, hc.embed_dim) if cfg.contrast else None
+    opt = torch.optim.AdamW([p for p in head.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    n_batches = len(epoch_batches(store.n_rows, cfg.batch_size, cfg.seed, 0))
+    total_steps = n_batches * cfg.epochs
+    sched = torch.optim.lr_scheduler.PolynomialLR(opt, total_iters=total_steps, power=cfg.poly_power)
+    n_trainable = head.n_trainable()
+    state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best": None}
+    if resume:
+        ck = torch.load(run / CHECKPOINT, map_location=device, weights_only=True)
+        head.load_state_dict(ck["head"])
+        opt.load_state_dict(ck["optim"])
+        sched.load_state_dict(ck["sched"])
+        if bank is not None and ck.get("bank") is not None:
+            bank.load_state_dict(ck["bank"])
+        state = ck["state"]
+        log.info("resumed at epoch %d step %d", state["epoch"], state["step_in_epoch"])
+    else:
+        write_run_config(run, {
+            "train": cfg.to_dict(), "head": hc.to_dict(), "n_trainable": n_trainable,
+            "classes": store.classes.to_dict(),
+            "backbones": {k: r.to_dict() for k, r in store.recipes.items()},
+            "store": {"path": str(Path(cfg.features).resolve()), "n_rows": store.n_rows,
+                      "random_weights": store.random_weights, "layout": store.layout.to_dict(),
+                      "preprocessing": store.meta["preprocessing"]},
+        })
+    msg = f"trainable parameters: {n_trainable:,} ({n_trainable / 1e6:.2f}M)"
+    log.info(msg)
+    if progress:
+        tqdm.write(msg)
+
+    names = sorted(set(head.input_taps) | ({CONTRAST_TOKENS} if cfg.contrast else set())
+                   | ({teacher_tap(k) for k in hc.distill_levels} if cfg.distill else set()))
+    start = time.perf_counter()
+    last_loss = float("nan")
+    for epoch in range(state["epoch"], cfg.epochs):
+        batches = epoch_batches(store.n_rows, cfg.batch_size, cfg.seed, epoch)
+        skip = state["step_in_epoch"] if epoch == state["epoch"] else 0
+        head.train()
+        sums: dict[str, float] = {}
+        bar = tqdm(total=len(batches), initial=skip, desc=f"train epoch {epoch + 1}/{cfg.epochs}",
+                   unit="step", disable=not progress, dynamic_ncols=True)
+        for step, batch in enumerate(batch_loader(cfg.features, names, batches[skip:], cfg.workers), start=skip):
+            maps = _to_maps(batch, hc.grid, device)
+            if cfg.augment:
+                g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + state["global_step"])
+                maps = augment_maps(maps, g)
+            labels = batch["labels"].to(device)
+            losses = compute_losses(head, chead, maps, labels, cfg, bank)
+            if not torch.isfinite(losses["total"]):
+                save_head(head, run / HEAD_FILES["last"])  # weights before this step are still good
+                terms = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+                raise ConstructError(f"loss became {losses['total'].item()} at epoch {epoch + 1} step {step + 1} "
+                                     f"({terms}); last good weights kept in {run / HEAD_FILES['last']}")
+            opt.zero_grad(set_to_none=True)
+            losses["total"].backward()
+            opt.step()
+            sched.step()
+            state["global_step"] += 1
+            state["step_in_epoch"] = step + 1
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            last_loss = float(losses["total"].detach())
+            bar.set_postfix({k: f"{float(v.detach()):.3f}" for k, v in losses.items()})
+            bar.update(1)
+            if state["global_step"] % cfg.checkpoint_every == 0:
+                _save_checkpoint(run, head, opt, sched, bank, state)
+        bar.close()
+        n = max(1, len(batches) - skip)
+        record = {"epoch": epoch + 1, "step": state["global_step"], "lr": sched.get_last_lr()[0],
+                  **{f"loss_{k}": v / n for k, v in sums.items()}, "seconds": time.perf_counter() - start}
+        save_head(head, run / HEAD_FILES["last"])
+        if val is not None:
+            v = validate(head, val, device)
+            record.update({f"val_{k}": v[k] for k in ("mIoU", "mDice", "FwIoU")}, val_IoU=v["IoU"])
+            if state["best"] is None or v["mIoU"] > state["best"]:
+                state["best"] = v["mIoU"]
+                save_head(head, run / HEAD_FILES["best"])
+        state["epoch"], state["step_in_epoch"] = epoch + 1, 0
+        _save_checkpoint(run, head, opt, sched, bank, state)
+        _append_metrics(run, record)
+        log.info(json.dumps(record))
+        if progress:
+            tqdm.write("epoch %d: %s" % (epoch + 1, ", ".join(
+                f"{k}={v:.4f}" for k, v in record.items() if isinstance(v, float) and k != "seconds")))
+    return TrainResult(run, n_trainable, last_loss, state["best"], time.perf_counter() - start)
+
+
+def _save_checkpoint(run: Path, head, opt, sched, bank, state: dict) -> None:
+    ck = {"head": head.state_dict(), "optim": opt.state_dict(), "sched": sched.state_dict(),
+          "bank": bank.state_dict() if bank is not None else None, "state": dict(state)}
+    with atomic_output(run / CHECKPOINT) as tmp:
+        torch.save(ck, tmp)
+
+
+def _append_metrics(run: Path, record: dict) -> None:
+    with open(run / METRICS, "a") as f:
+        f.write(json.dumps(record) + "\n")
