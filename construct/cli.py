@@ -169,6 +169,8 @@ def train(features, val_features, out, preset, config_file, epochs, batch_size, 
     out = out or Path("runs/construct")
     if resume:  # a resumed run keeps the settings it was started with
         saved = read_run_config(out)["train"]
+        # The run folder may have moved; where it runs (device, loader processes) may change too.
+        saved.update(out=str(out), **{k: v for k, v in (("device", device), ("workers", workers)) if v is not None})
         cfg = resolve_config(saved["preset"], None, **{k: v for k, v in saved.items() if k != "preset"})
     else:
         cfg = resolve_config(
@@ -184,3 +186,57 @@ def train(features, val_features, out, preset, config_file, epochs, batch_size, 
     best = f", best val mIoU {result.best_miou:.2f}" if result.best_miou is not None else ""
     click.echo(f"run: {result.run} ({result.n_trainable:,} trainable parameters; final loss "
                f"{result.final_loss:.4f}{best}; {result.seconds:.1f} s)")
+
+
+@main.command()
+@click.option("--run", type=click.Path(path_type=Path), required=True, help="Run folder from `construct train`.")
+@click.option("--data", type=click.Path(path_type=Path), default=None, help="Dataset root (BCSS-WSSS layout).")
+@click.option("--split", type=click.Choice(SPLITS), default=None, help="Split of --data [default: test].")
+@click.option("--images", type=click.Path(path_type=Path), default=None,
+              help="Instead of --data: any folder of tiles of the run's size (no labels; gate pred).")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Mask folder [default: RUN/predictions/<split or images folder>].")
+@click.option("--gate", type=click.Choice(["gt", "labels", "pred", "none"]), default=None,
+              help="Classes allowed per tile: labels (file names; train default), gt (ground-truth masks; "
+                   "valid/test default), pred (the head's classifier; --images default), none.")
+@click.option("--pred-threshold", type=float, default=0.5, show_default=True, help="Probability for --gate pred.")
+@click.option("--no-tta", is_flag=True, help="One forward per tile instead of 6 (hflip x brightness 0.9/1/1.1).")
+@click.option("--no-crf", is_flag=True, help="Argmax of the scores instead of the Dense CRF.")
+@click.option("--batch-size", type=int, default=8, show_default=True, help="Tiles per forward (x6 with TTA).")
+@click.option("--workers", type=int, default=2, show_default=True, help="CRF processes (0: in the main process).")
+@click.option("--save-scores", is_flag=True, help="Also write scores/<stem>.npy (float16, classes + background).")
+@click.option("--head", type=click.Choice(["best", "last"]), default="best", show_default=True, help="Which head weights.")
+@click.option("--conch", default=None, help="CONCH weights if not where the run recorded them (fingerprint-checked).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None, help="Backbone precision [default: the run's].")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@user_errors
+def refine(run, data, split, images, out, gate, pred_threshold, no_tta, no_crf, batch_size, workers, save_scores,
+           head, conch, device, precision, quiet) -> None:
+    """Masks from a trained run: live CONCH with TTA, CAMs, background channel, Dense CRF.
+
+    Re-running the same command resumes: tiles whose mask exists are skipped.
+    """
+    from construct.backbones.recipe import BackboneRecipe
+    from construct.head.io import read_run_config
+    from construct.refine import RefineConfig
+    from construct.refine import refine as run_refine
+
+    if data is not None and split is None:
+        split = "test"
+    cfg = RefineConfig(
+        run=run, data=data, split=split, images=images, out=out, gate=gate, pred_threshold=pred_threshold,
+        tta=not no_tta, crf=not no_crf, batch_size=batch_size, workers=workers, save_scores=save_scores,
+        head=head, conch=conch, device=device, precision=precision,
+    )
+    conch_recipe = read_run_config(run).get("backbones", {}).get("conch")
+    if conch_recipe is not None:
+        warn_random([BackboneRecipe.from_dict(conch_recipe)])
+    result = run_refine(cfg, progress=not quiet)
+    crf_note = "CRF" if cfg.crf else "no CRF"
+    tta_note = "6-way TTA" if cfg.tta else "no TTA"
+    click.echo(
+        f"masks: {result.out} ({result.n_written} written, {result.n_skipped} already there, of "
+        f"{result.n_images}; gate {result.gate}, {tta_note}, {crf_note}; {result.seconds:.1f} s, "
+        f"{result.tiles_per_s:.1f} tiles/s)"
+    )

@@ -164,26 +164,33 @@ def _count_blocks(state: dict[str, torch.Tensor], prefix: str) -> int:
     return len({k[len(prefix):].split(".")[0] for k in state if k.startswith(prefix)})
 
 
-def checkpoint_dims(state: dict[str, torch.Tensor]) -> dict[str, int] | None:
-    """Widths and depths of a CONCH state dict, or None when its key tensors are missing."""
-    try:
-        return {
-            "vision_width": state["visual.trunk.cls_token"].shape[-1],
-            "vision_layers": _count_blocks(state, "visual.trunk.blocks."),
-            "text_width": state["text.token_embedding.weight"].shape[-1],
-            "text_layers": _count_blocks(state, "text.transformer.resblocks."),
-            "embed_dim": state["visual.proj_contrast"].shape[0],
-        }
-    except (KeyError, IndexError, AttributeError):
-        return None
+# The tensors whose shapes give a checkpoint's widths; a file without them is not a CONCH checkpoint.
+_ARCH_KEYS = ("visual.trunk.cls_token", "text.token_embedding.weight", "visual.proj_contrast")
+
+
+def checkpoint_dims(state: dict[str, torch.Tensor]) -> dict[str, int]:
+    """Widths and depths of a CONCH state dict that holds `_ARCH_KEYS`."""
+    return {
+        "vision_width": state["visual.trunk.cls_token"].shape[-1],
+        "vision_layers": _count_blocks(state, "visual.trunk.blocks."),
+        "text_width": state["text.token_embedding.weight"].shape[-1],
+        "text_layers": _count_blocks(state, "text.transformer.resblocks."),
+        "embed_dim": state["visual.proj_contrast"].shape[0],
+    }
 
 
 def is_tiny_checkpoint(state: dict[str, torch.Tensor], spec: str) -> bool:
     """Whether a local checkpoint holds the tiny test architecture (e.g. one saved from `random-tiny`)
-    rather than CONCH ViT-B/16; a checkpoint of any other size is refused in one line."""
+    rather than CONCH ViT-B/16; a checkpoint of any other size or layout is refused in one line."""
+    absent = [k for k in _ARCH_KEYS if k not in state or state[k].ndim < 1]
+    if absent:
+        raise ConstructError(
+            f"{spec}: not a CONCH checkpoint: {len(absent)} missing keys (e.g. {', '.join(absent)}); "
+            f"it holds keys such as {', '.join(list(state)[:3]) or 'none'}"
+        )
     dims = checkpoint_dims(state)
-    if dims is None or dims == FULL_DIMS:
-        return False  # missing keys are reported by check_keys with their names
+    if dims == FULL_DIMS:
+        return False
     if dims == TINY_DIMS:
         return True
     found = ", ".join(f"{k} {v}" for k, v in dims.items())
@@ -253,8 +260,13 @@ class ConchBackbone(nn.Module):
         return self.recipe.image_size // self.trunk.patch_embed.patch_size[0]
 
     def taps(self, images01: torch.Tensor, with_embedding: bool = True) -> dict[str, torch.Tensor]:
-        """images01: (B, 3, H, W) RGB in [0, 1]. Returns patch tokens (B, N, D) per tapped block,
-        `conch_cls` (B, D) of the last tapped block and, optionally, `conch_embedding` (B, E)."""
+        """images01: (B, 3, H, W) RGB in [0, 1], resized (bicubic) to the recipe's image size when it
+        differs (224 px tiles at 448 px). Returns patch tokens (B, N, D) per tapped block, `conch_cls`
+        (B, D) of the last tapped block and, optionally, `conch_embedding` (B, E)."""
+        size = self.recipe.image_size
+        if tuple(images01.shape[-2:]) != (size, size):
+            images01 = F.interpolate(images01, size=(size, size), mode="bicubic", align_corners=False,
+                                     antialias=images01.shape[-1] > size).clamp(0, 1)
         x = (images01 - self.mean) / self.std
         outs = self.trunk.forward_intermediates(
             x, indices=[b - 1 for b in TAP_BLOCKS], return_prefix_tokens=True, norm=False,

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from construct.backbones.recipe import BackboneRecipe
 from construct.backbones.registry import create_backbone
 from construct.data.classes import load_classes
+from construct.data.dataset import IMAGE_SIZE as TILE_SIZE
 from construct.data.dataset import list_split
 from construct.errors import ConstructError
 from construct.extract.config import ExtractConfig
@@ -55,23 +56,23 @@ def _store_spec(cfg: ExtractConfig, samples, classes, conch, segformer) -> Store
     )
     # One probe image gives every per-row shape, whatever the backbone widths.
     with torch.no_grad():
-        probe = torch.zeros(1, 3, cfg.image_size, cfg.image_size, device=conch.mean.device)
+        probe = torch.zeros(1, 3, TILE_SIZE, TILE_SIZE, device=conch.mean.device)
         shapes = {k: tuple(v.shape[1:]) for k, v in {**conch.taps(probe), **segformer.taps(probe)}.items()}
     missing = [t for t in layout.feature_arrays() if t not in shapes]
     if missing:
         raise ConstructError(f"requested taps not produced by the backbones: {', '.join(missing)}")
     with_masks = any(s.mask_path is not None for s in samples)
     if with_masks:
-        shapes["mask"] = (cfg.image_size, cfg.image_size)
+        shapes["mask"] = (TILE_SIZE, TILE_SIZE)
     labels = np.stack([s.labels for s in samples]) if all(s.labels is not None for s in samples) else None
     head = {k: v.numpy() for k, v in conch.contrastive_head.export_state().items()}
     return StoreSpec(
         split=cfg.split, image_ids=[s.image_id for s in samples], rel_paths=rel, data_root=str(root),
         classes=classes, backbones={"conch": conch.recipe, "segformer": segformer.recipe}, layout=layout,
         shapes=shapes, text_embeddings=conch.text_embeddings(classes.descriptions).cpu().numpy(),
-        contrastive_head=head, dataset_fingerprint=dataset_fingerprint(rel, sizes),
-        preprocessing={"image_size": cfg.image_size, "precision": cfg.precision,
-                       "input": "RGB uint8 / 255, then each backbone's own mean/std"},
+        contrastive_head=head, dataset_fingerprint=dataset_fingerprint(rel), file_sizes=sizes,
+        preprocessing={"image_size": cfg.image_size, "tile_size": TILE_SIZE, "precision": cfg.precision,
+                       "input": "RGB uint8 / 255; CONCH resized (bicubic) to image_size; each backbone's own mean/std"},
         config=cfg.to_dict(), labels=labels,
     )
 
@@ -83,6 +84,11 @@ def _validate(cfg: ExtractConfig) -> None:
         raise ConstructError("--batch-size and shard rows must be at least 1")
     if cfg.limit is not None and cfg.limit < 1:
         raise ConstructError("--limit must be at least 1")
+    if cfg.workers < 0:
+        raise ConstructError(f"--workers {cfg.workers}: must be 0 (decode in the main process) or more")
+    for flag, values in (("--seg-stages", cfg.seg_stages), ("CONCH blocks", cfg.conch_blocks)):
+        if not values or len(set(values)) != len(values):
+            raise ConstructError(f"{flag} {','.join(map(str, values))}: expected distinct numbers, at least one")
 
 
 def extract(
@@ -100,7 +106,7 @@ def extract(
     if cfg.limit is not None:
         samples = samples[: cfg.limit]
     conch = conch or create_backbone("conch", cfg.conch, cfg.image_size)
-    segformer = segformer or create_backbone("segformer", cfg.segformer, cfg.image_size)
+    segformer = segformer or create_backbone("segformer", cfg.segformer, TILE_SIZE)  # --image-size is CONCH's
     conch.to(device)
     segformer.to(device)
     spec = _store_spec(cfg, samples, classes, conch, segformer)
@@ -109,7 +115,7 @@ def extract(
     store = FeatureStore.open_or_create(out, spec)
     pending = store.pending_shards()
     n_pending = sum(b - a for a, b in pending)
-    dataset = TileDataset(samples, classes, cfg.image_size, with_masks="mask" in spec.shapes)
+    dataset = TileDataset(samples, classes, TILE_SIZE, with_masks="mask" in spec.shapes)
     wanted = set(store.layout.feature_arrays()) | {"conch_embedding"} | ({"conch_cls"} if cfg.keep_cls else set())
     start = time.perf_counter()
     try:

@@ -160,10 +160,19 @@ class ConStructHead(nn.Module):
     def fused_cam(self, out: HeadOutput, size: int | None = None) -> torch.Tensor:
         """The inference CAM (B, C, size, size) in [0, 1]: per level ReLU and per-class min-max at the
         level's own resolution, then resized to `size` (default: the token grid) and weighted."""
+        return self.fuse_levels(self.level_maps(out), size)
+
+    def level_maps(self, out: HeadOutput) -> dict[int, torch.Tensor]:
+        """Per CAM level, ReLU then per-class min-max at the level's own resolution: (B, C, h_k, w_k)."""
+        return {k: minmax_per_class(F.relu(out.cams[k])) for k in self.config.cam_levels}
+
+    def fuse_levels(self, maps: dict[int, torch.Tensor], size: int | None = None) -> torch.Tensor:
+        """Resize `level_maps` (or any per-level maps, e.g. averaged over TTA variants, which commutes
+        with this linear step) to `size` (default: the token grid) and weight them into one map."""
         size = size or self.config.grid
         fused = 0.0
         for k, w in zip(self.config.cam_levels, self.config.fuse_weights):
-            fused = fused + w * resize(minmax_per_class(F.relu(out.cams[k])), size)
+            fused = fused + w * resize(maps[k], size)
         return fused
 
 

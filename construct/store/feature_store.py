@@ -28,6 +28,7 @@ STORE_FORMAT_VERSION = 1
 STORE_DTYPES = ("float16", "int8")
 SCALE_SUFFIX = "__scale"
 DONE = "done"
+FILE_SIZES = "file_sizes"
 # Arrays that hold activations and obey --store-dtype; the feature axis used by int8 scales.
 _FEATURE_AXIS = {"conch": -1, "seg": 1}
 
@@ -71,6 +72,9 @@ class StoreSpec:
     preprocessing: dict
     config: dict = field(default_factory=dict)
     labels: np.ndarray | None = None  # (N, C) known up front (train); else filled from masks per row
+    # Byte size of each row's image file. Checked on resume for the rows already extracted only, so a
+    # tile that failed (e.g. truncated) can be fixed and the run resumed.
+    file_sizes: Sequence[int] | None = None
 
     def compat(self) -> dict:
         """The settings that decide the stored values: resuming with any of them changed is refused."""
@@ -85,10 +89,11 @@ class StoreSpec:
         }
 
 
-def dataset_fingerprint(rel_paths: Sequence[str], sizes: Sequence[int]) -> str:
+def dataset_fingerprint(rel_paths: Sequence[str], sizes: Sequence[int] | None = None) -> str:
+    """sha256 over the rows' relative paths in order (and their file sizes when given)."""
     h = hashlib.sha256()
-    for p, s in zip(rel_paths, sizes):
-        h.update(f"{p}\0{s}\n".encode())
+    for i, p in enumerate(rel_paths):
+        h.update(f"{p}\0{sizes[i]}\n".encode() if sizes is not None else f"{p}\n".encode())
     return h.hexdigest()
 
 
@@ -161,6 +166,8 @@ class FeatureStore:
         if spec.labels is not None:
             labels[:] = spec.labels
         g.create_array(DONE, shape=(n,), chunks=(s,), dtype="uint8", fill_value=0)
+        if spec.file_sizes is not None:
+            g.create_array(FILE_SIZES, shape=(n,), chunks=(s,), dtype="int64", fill_value=0)[:] = np.asarray(spec.file_sizes)
         g.create_array("image_ids", shape=(n,), dtype=str)[:] = np.array(spec.image_ids, dtype=str)
         g.create_array("rel_paths", shape=(n,), dtype=str)[:] = np.array(spec.rel_paths, dtype=str)
         g.create_array("text_embeddings", shape=spec.text_embeddings.shape, dtype="float32")[:] = spec.text_embeddings
@@ -218,7 +225,26 @@ class FeatureStore:
                 f"{path}: was built with different settings ({', '.join(differ[:4])} differ); "
                 f"refusing to mix features: choose another --out or delete it"
             )
+        store._check_file_sizes(spec)
         return store
+
+    def _check_file_sizes(self, spec: StoreSpec) -> None:
+        """Refuse to resume when an image already extracted has changed; record the current sizes of
+        the rows still to do (a file fixed after a failed run is welcome)."""
+        if spec.file_sizes is None or not self.has(FILE_SIZES):
+            return
+        recorded = np.asarray(self._group[FILE_SIZES][...])
+        current = np.asarray(spec.file_sizes, dtype=np.int64)
+        done = self.done_mask()
+        changed = np.flatnonzero(done & (recorded != current))
+        if changed.size:
+            first = spec.rel_paths[changed[0]]
+            raise ConstructError(
+                f"{self.path}: {changed.size} image file(s) changed since their features were extracted "
+                f"(e.g. {first}); refusing to mix features: choose another --out or delete it"
+            )
+        if (recorded != current).any():
+            self._group[FILE_SIZES][:] = current
 
     # ---- metadata -----------------------------------------------------------------------
     @property

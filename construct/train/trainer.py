@@ -12,11 +12,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from construct.atomic import atomic_output
+from construct.atomic import atomic_output, write_text_atomic
 from construct.backbones.conch import ContrastiveHead
 from construct.backbones.weights import seeded_init
 from construct.errors import ConstructError
-from construct.head.io import HEAD_FILES, RUN_CONFIG, save_head, write_run_config
+from construct.head.io import HEAD_FILES, RUN_CONFIG, read_run_config, save_head, write_run_config
 from construct.head.model import ConStructHead, HeadConfig
 from construct.runtime import resolve_device
 from construct.store import FeatureStore
@@ -43,6 +43,9 @@ class TrainResult:
 
 
 def _head_config(cfg: TrainConfig, store: FeatureStore) -> HeadConfig:
+    if not store.has(CONTRAST_TOKENS):
+        raise ConstructError(f"{store.path}: store lacks {CONTRAST_TOKENS}, which gives the head its token grid "
+                             f"(re-extract with CONCH block 12)")
     n_tokens, width = store.shape(CONTRAST_TOKENS)
     return HeadConfig(
         n_classes=len(store.classes), width=width, embed_dim=store.text_embeddings.shape[1],
@@ -67,6 +70,23 @@ def _check_stores(cfg: TrainConfig, store: FeatureStore, val: FeatureStore | Non
         raise ConstructError(f"{val.path}: validation store was extracted with different backbones from {store.path}")
     if not val.has("mask"):
         raise ConstructError(f"{val.path}: validation store has no ground-truth masks (extract the valid split)")
+    if val.n_rows < 1:
+        raise ConstructError(f"{val.path}: validation store has 0 rows")
+    for name in needed:
+        if name.startswith("conch_") and (not val.has(name) or val.shape(name) != store.shape(name)):
+            found = f"shape {val.shape(name)}" if val.has(name) else "missing"
+            raise ConstructError(f"{val.path}: validation store's {name} is {found}, the train store's is "
+                                 f"{store.shape(name)} (extract both with the same --image-size and taps)")
+
+
+def _check_resumed_store(run: Path, store: FeatureStore) -> None:
+    """A resumed run must read the features it started with (the store may have been re-extracted)."""
+    meta = read_run_config(run)
+    was = {k: v.get("fingerprint") for k, v in meta.get("backbones", {}).items()}
+    now = {k: r.fingerprint for k, r in store.recipes.items()}
+    if was != now or meta.get("store", {}).get("n_rows") != store.n_rows:
+        raise ConstructError(f"{store.path}: is not the store {run} was started on (backbones or rows differ); "
+                             f"resume with the same features or start a new run")
 
 
 def _to_maps(batch: dict[str, torch.Tensor], grid: int, device: torch.device) -> dict[str, torch.Tensor]:
@@ -98,8 +118,15 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Trai
     run = Path(cfg.out)
     ckpt_path = run / CHECKPOINT
     if resume and not ckpt_path.is_file():
-        raise ConstructError(f"{run}: nothing to resume (no {CHECKPOINT})")
-    if not resume and (run / RUN_CONFIG).exists():
+        if not (run / RUN_CONFIG).is_file():
+            raise ConstructError(f"{run}: nothing to resume (no {CHECKPOINT})")
+        # Killed before its first checkpoint: nothing was kept, so the run starts over.
+        resume, restart = False, True
+    else:
+        restart = False
+    if resume:
+        _check_resumed_store(run, store)
+    if not resume and not restart and (run / RUN_CONFIG).exists():
         raise ConstructError(f"{run}: already holds a run; use --resume to continue it or choose another --out")
     run.mkdir(parents=True, exist_ok=True)
     handler = _setup_logging(run)
@@ -123,7 +150,8 @@ def _train(cfg, store, val, hc, run, device, resume, progress) -> TrainResult:
     total_steps = n_batches * cfg.epochs
     sched = torch.optim.lr_scheduler.PolynomialLR(opt, total_iters=total_steps, power=cfg.poly_power)
     n_trainable = head.n_trainable()
-    state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best": None}
+    # Everything a resumed run needs to continue as if never stopped, metrics included.
+    state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best": None, "sums": {}, "records": []}
     if resume:
         ck = torch.load(run / CHECKPOINT, map_location=device, weights_only=True)
         head.load_state_dict(ck["head"])
@@ -131,7 +159,7 @@ def _train(cfg, store, val, hc, run, device, resume, progress) -> TrainResult:
         sched.load_state_dict(ck["sched"])
         if bank is not None and ck.get("bank") is not None:
             bank.load_state_dict(ck["bank"])
-        state = ck["state"]
+        state = {"sums": {}, "records": [], **ck["state"]}
         log.info("resumed at epoch %d step %d", state["epoch"], state["step_in_epoch"])
     else:
         write_run_config(run, {
@@ -150,12 +178,15 @@ def _train(cfg, store, val, hc, run, device, resume, progress) -> TrainResult:
     names = sorted(set(head.input_taps) | ({CONTRAST_TOKENS} if cfg.contrast else set())
                    | ({teacher_tap(k) for k in hc.distill_levels} if cfg.distill else set()))
     start = time.perf_counter()
-    last_loss = float("nan")
+    last_loss = state["records"][-1]["loss_total"] if state["records"] else float("nan")
+    params = [p for p in head.parameters() if p.requires_grad]
     for epoch in range(state["epoch"], cfg.epochs):
         batches = epoch_batches(store.n_rows, cfg.batch_size, cfg.seed, epoch)
         skip = state["step_in_epoch"] if epoch == state["epoch"] else 0
         head.train()
-        sums: dict[str, float] = {}
+        if skip == 0:
+            state["sums"] = {}
+        sums: dict[str, float] = state["sums"]
         bar = tqdm(total=len(batches), initial=skip, desc=f"train epoch {epoch + 1}/{cfg.epochs}",
                    unit="step", disable=not progress, dynamic_ncols=True)
         for step, batch in enumerate(batch_loader(cfg.features, names, batches[skip:], cfg.workers), start=skip):
@@ -164,14 +195,18 @@ def _train(cfg, store, val, hc, run, device, resume, progress) -> TrainResult:
                 g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + state["global_step"])
                 maps = augment_maps(maps, g)
             labels = batch["labels"].to(device)
+            # The forward pass moves the batch-norm statistics: keep them to undo a step that goes bad.
+            buffers = {k: v.detach().clone() for k, v in head.named_buffers()}
             losses = compute_losses(head, chead, maps, labels, cfg, bank)
-            if not torch.isfinite(losses["total"]):
-                save_head(head, run / HEAD_FILES["last"])  # weights before this step are still good
-                terms = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
-                raise ConstructError(f"loss became {losses['total'].item()} at epoch {epoch + 1} step {step + 1} "
-                                     f"({terms}); last good weights kept in {run / HEAD_FILES['last']}")
-            opt.zero_grad(set_to_none=True)
-            losses["total"].backward()
+            bad = None if torch.isfinite(losses["total"]) else f"loss became {losses['total'].item()}"
+            if bad is None:
+                opt.zero_grad(set_to_none=True)
+                losses["total"].backward()
+                grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+                if not torch.isfinite(grad_norm):
+                    bad = f"gradient became {grad_norm.item()} (loss {losses['total'].item():.4g})"
+            if bad is not None:
+                _stop_on_nonfinite(run, head, buffers, losses, bad, epoch, step)
             opt.step()
             sched.step()
             state["global_step"] += 1
@@ -184,7 +219,7 @@ def _train(cfg, store, val, hc, run, device, resume, progress) -> TrainResult:
             if state["global_step"] % cfg.checkpoint_every == 0:
                 _save_checkpoint(run, head, opt, sched, bank, state)
         bar.close()
-        n = max(1, len(batches) - skip)
+        n = max(1, len(batches))
         record = {"epoch": epoch + 1, "step": state["global_step"], "lr": sched.get_last_lr()[0],
                   **{f"loss_{k}": v / n for k, v in sums.items()}, "seconds": time.perf_counter() - start}
         save_head(head, run / HEAD_FILES["last"])
@@ -195,8 +230,9 @@ def _train(cfg, store, val, hc, run, device, resume, progress) -> TrainResult:
                 state["best"] = v["mIoU"]
                 save_head(head, run / HEAD_FILES["best"])
         state["epoch"], state["step_in_epoch"] = epoch + 1, 0
+        state["records"] = [*state["records"], record]
+        _write_metrics(run, state["records"])  # rewritten whole: a redone epoch never appears twice
         _save_checkpoint(run, head, opt, sched, bank, state)
-        _append_metrics(run, record)
         log.info(json.dumps(record))
         if progress:
             tqdm.write("epoch %d: %s" % (epoch + 1, ", ".join(
@@ -211,6 +247,16 @@ def _save_checkpoint(run: Path, head, opt, sched, bank, state: dict) -> None:
         torch.save(ck, tmp)
 
 
-def _append_metrics(run: Path, record: dict) -> None:
-    with open(run / METRICS, "a") as f:
-        f.write(json.dumps(record) + "\n")
+def _write_metrics(run: Path, records: list[dict]) -> None:
+    write_text_atomic(run / METRICS, "".join(json.dumps(r) + "\n" for r in records))
+
+
+def _stop_on_nonfinite(run: Path, head, buffers: dict, losses: dict, what: str, epoch: int, step: int) -> None:
+    """Save the weights from before this step (undoing its batch-norm update) and stop in one line."""
+    with torch.no_grad():
+        for name, buf in head.named_buffers():
+            buf.copy_(buffers[name])
+    save_head(head, run / HEAD_FILES["last"])
+    terms = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+    raise ConstructError(f"{what} at epoch {epoch + 1} step {step + 1} ({terms}); training stopped, "
+                         f"last good weights kept in {run / HEAD_FILES['last']}")

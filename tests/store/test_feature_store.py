@@ -201,3 +201,20 @@ def test_open_or_create_refuses_other_settings(tmp_path, change, named):
     assert named in str(e.value) and "\n" not in str(e.value)
     after = {p: p.read_bytes() for p in (tmp_path / "s.zarr").rglob("*") if p.is_file()}
     assert after == before
+
+
+def test_file_sizes_guard_only_the_rows_already_extracted(tmp_path):
+    sizes = [100 + i for i in range(N_ROWS)]
+    store = FeatureStore.open_or_create(tmp_path / "s.zarr", make_spec(file_sizes=sizes))
+    fill(store, shards=[(0, 4)])
+    # a tile not extracted yet may change (e.g. fixed after a failed run): its new size is recorded
+    fixed = sizes[:5] + [999] + sizes[6:]
+    store = FeatureStore.open_or_create(tmp_path / "s.zarr", make_spec(file_sizes=fixed))
+    assert store.pending_shards() == [(4, 8), (8, 10)]
+    np.testing.assert_array_equal(store._group["file_sizes"][...], fixed)
+    # a tile already extracted may not
+    changed = [7] + fixed[1:]
+    before = {p: p.read_bytes() for p in (tmp_path / "s.zarr").rglob("*") if p.is_file()}
+    with pytest.raises(ConstructError, match=r"1 image file\(s\) changed since their features were extracted \(e\.g\. img/000\.png\)"):
+        FeatureStore.open_or_create(tmp_path / "s.zarr", make_spec(file_sizes=changed))
+    assert {p: p.read_bytes() for p in (tmp_path / "s.zarr").rglob("*") if p.is_file()} == before

@@ -1,0 +1,50 @@
+"""Refine settings: the paper's inference defaults, overridden by flags; recorded in refine.json."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+GATES = ("labels", "gt", "pred", "none")
+HEADS = ("best", "last")
+PRECISIONS = ("fp32", "bf16")
+DEFAULT_PRED_THRESHOLD = 0.5  # classifier probability above which a class gates in (`pred`)
+REFINE_META = "refine.json"  # read by `construct eval` (construct.evaluate.run.REFINE_META)
+SCORES_DIR = "scores"
+PREDICTIONS_DIR = "predictions"  # default output: RUN/predictions/<split or images folder name>
+
+
+@dataclass
+class RefineConfig:
+    """What `refine` reads, how it infers, and where it writes.
+
+    Source: either `data` + `split` (a dataset in the BCSS-WSSS layout) or `images` (any folder of tiles
+    of the run's image size, without labels). `gate` None picks the paper's protocol for the source:
+    `labels` (file-name labels) for train, `gt` (classes present in the ground-truth mask) for
+    valid/test, `pred` (the head's own classifier) for `images`.
+    """
+
+    run: Path
+    data: Path | None = None
+    split: str | None = None
+    images: Path | None = None
+    out: Path | None = None  # default RUN/predictions/<split> (or the images folder's name)
+    gate: str | None = None
+    pred_threshold: float = DEFAULT_PRED_THRESHOLD
+    tta: bool = True  # 6 variants: hflip x brightness 0.9/1.0/1.1
+    crf: bool = True  # Dense CRF with the paper's parameters; False: argmax of the scores
+    batch_size: int = 8  # images per forward (each becomes 6 backbone inputs with TTA)
+    workers: int = 2  # CRF (and mask writing) processes; 0 = in the main process
+    loader_workers: int = 1  # image decoding processes; 0 = in the main process
+    save_scores: bool = False  # also write scores/<stem>.npy, float16 (C + 1, H, W), background last
+    head: str = "best"  # head_best (falls back to head_last when no validation chose one) or head_last
+    conch: str | None = None  # CONCH weights when not at the spec the run recorded (fingerprint-checked)
+    device: str = "auto"
+    precision: str | None = None  # None: the precision the run's store was extracted with
+
+    @property
+    def out_path(self) -> Path:
+        if self.out is not None:
+            return Path(self.out)
+        name = Path(self.images).resolve().name if self.images is not None else str(self.split)
+        return Path(self.run) / PREDICTIONS_DIR / name

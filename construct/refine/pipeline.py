@@ -1,0 +1,316 @@
+"""`construct refine`: live TTA inference with a trained run, background channel and Dense-CRF masks.
+
+Flow: images are decoded by a DataLoader (bad files come back as messages, not exceptions), pushed
+through CONCH + the head in batches (each image as its TTA variants), and each tile's scores go to a
+process pool that runs the CRF and writes the palette PNG, so the CRF overlaps the forward and uses
+the other cores. `refine.json` in the output folder records what was run; it is written first with
+"complete": false and rewritten at the end. Re-running the same command skips tiles whose PNG exists.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import time
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from construct import __version__
+from construct.atomic import write_text_atomic
+from construct.backbones.recipe import BackboneRecipe
+from construct.backbones.registry import create_backbone
+from construct.backbones.weights import fingerprint
+from construct.data.classes import ClassSet
+from construct.data.dataset import IMAGE_EXTENSIONS, SPLITS, Sample, list_split
+from construct.errors import ConstructError
+from construct.extract.loader import TileDataset, collate, images_to_tensor
+from construct.head.io import load_head, read_run_config
+from construct.head.model import ConStructHead
+from construct.head.scores import BACKGROUND_POWER, mask_index_lut
+from construct.refine.config import GATES, HEADS, PRECISIONS, REFINE_META, SCORES_DIR, RefineConfig
+from construct.refine.crf import CRF_PARAMS
+from construct.refine.infer import TapBackbone, tile_scores
+from construct.refine.tta import variants_for
+from construct.refine.writer import TileTask, finish_tile
+from construct.runtime import resolve_device
+
+REFINE_FORMAT = "construct-refine"
+REFINE_FORMAT_VERSION = 1
+# Tiles queued for the CRF pool per worker before the forward waits (bounds memory: ~1 MB a tile).
+INFLIGHT_PER_WORKER = 4
+
+
+@dataclass
+class RefineResult:
+    out: Path
+    n_images: int
+    n_written: int
+    n_skipped: int
+    seconds: float  # inference + CRF + writing, without building the models
+    gate: str
+    random_weights: bool
+    backbones: dict[str, BackboneRecipe] = field(default_factory=dict)
+
+    @property
+    def tiles_per_s(self) -> float:
+        return self.n_written / self.seconds if self.seconds > 0 else 0.0
+
+
+def _short(fp: str) -> str:
+    return fp[:12]
+
+
+# ---------------------------------------------------------------------------------------- inputs
+
+def _validate(cfg: RefineConfig) -> None:
+    if (cfg.images is None) == (cfg.data is None):
+        raise ConstructError("give either --data (with --split) or --images, not both or neither")
+    if cfg.images is not None and cfg.split is not None:
+        raise ConstructError("--split applies to --data; --images refines every tile in the folder")
+    if cfg.data is not None and cfg.split not in SPLITS:
+        raise ConstructError(f"--split {cfg.split}: expected one of {', '.join(SPLITS)}")
+    if cfg.gate is not None and cfg.gate not in GATES:
+        raise ConstructError(f"--gate {cfg.gate}: expected one of {', '.join(GATES)}")
+    if cfg.head not in HEADS:
+        raise ConstructError(f"--head {cfg.head}: expected one of {', '.join(HEADS)}")
+    if cfg.precision is not None and cfg.precision not in PRECISIONS:
+        raise ConstructError(f"--precision {cfg.precision}: expected one of {', '.join(PRECISIONS)}")
+    if cfg.batch_size < 1:
+        raise ConstructError("--batch-size must be at least 1")
+    if cfg.workers < 0 or cfg.loader_workers < 0:
+        raise ConstructError("--workers must be 0 (in the main process) or more")
+    if not 0.0 <= cfg.pred_threshold <= 1.0:
+        raise ConstructError(f"--pred-threshold {cfg.pred_threshold}: expected a probability in [0, 1]")
+
+
+def list_images(folder: Path) -> list[Sample]:
+    """Every image in a folder (no labels, no masks), sorted by name; stems must be unique."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ConstructError(f"{folder}: images folder not found")
+    files = sorted((p for p in folder.iterdir()
+                    if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file()),
+                   key=lambda p: p.name)
+    if not files:
+        raise ConstructError(f"{folder}: no images ({', '.join(IMAGE_EXTENSIONS)}) in this folder")
+    seen: dict[str, Path] = {}
+    for p in files:
+        if p.stem in seen:
+            raise ConstructError(f"{p}: same stem as {seen[p.stem].name}; masks are named by stem, rename one")
+        seen[p.stem] = p
+    return [Sample(p.stem, p, None, None) for p in files]
+
+
+def resolve_gate(cfg: RefineConfig, samples: list[Sample]) -> str:
+    """The gate asked for, or the paper's protocol for the source; refuses a gate the source cannot feed."""
+    default = "pred" if cfg.images is not None else ("labels" if cfg.split == "train" else "gt")
+    gate = cfg.gate or default
+    source = f"--images {cfg.images}" if cfg.images is not None else f"the {cfg.split} split"
+    if gate == "labels" and any(s.labels is None for s in samples):
+        raise ConstructError(f"--gate labels needs labels in the file names (the train split), which {source} "
+                             f"lacks; use --gate gt (valid/test), pred or none")
+    if gate == "gt" and any(s.mask_path is None for s in samples):
+        raise ConstructError(f"--gate gt needs ground-truth masks (the valid/test splits), which {source} "
+                             f"lacks; use --gate labels (train), pred or none")
+    return gate
+
+
+def _run_meta(cfg: RefineConfig) -> tuple[dict, ClassSet, dict[str, BackboneRecipe], dict]:
+    meta = read_run_config(Path(cfg.run))
+    try:
+        classes = ClassSet.from_dict(meta["classes"])
+        recipes = {k: BackboneRecipe.from_dict(v) for k, v in meta["backbones"].items()}
+        preprocessing = dict(meta["store"]["preprocessing"])
+        preprocessing["tile_size"] = int(preprocessing.get("tile_size", preprocessing["image_size"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ConstructError(f"{cfg.run}: run config lacks what refine needs ({type(e).__name__}: {e}); "
+                             f"retrain with this version") from e
+    if "conch" not in recipes:
+        raise ConstructError(f"{cfg.run}: run config records no CONCH backbone")
+    return meta, classes, recipes, preprocessing
+
+
+def _load_conch(cfg: RefineConfig, recipe: BackboneRecipe, conch: TapBackbone | None) -> TapBackbone:
+    """Rebuild CONCH as the run's store recorded it (or from --conch) and check it is the same weights."""
+    if conch is None:
+        conch = create_backbone("conch", cfg.conch or recipe.spec, recipe.image_size)
+    got = conch.recipe
+    if got.fingerprint != recipe.fingerprint:
+        raise ConstructError(
+            f"conch: weights {got.spec} have fingerprint {_short(got.fingerprint)} but the run's store was "
+            f"built with {recipe.spec} (fingerprint {_short(recipe.fingerprint)}); pass those weights with --conch"
+        )
+    if got.image_size != recipe.image_size:
+        raise ConstructError(f"conch: built for {got.image_size} px but the run used {recipe.image_size} px")
+    return conch
+
+
+# ---------------------------------------------------------------------------------------- refine.json
+
+def _settings(cfg: RefineConfig, gate: str, head_fp: str, recipe: BackboneRecipe, preprocessing: dict,
+              precision: str, variants) -> dict:
+    """Everything that decides the masks: resuming into a folder made with other settings is refused."""
+    source = ({"images": str(Path(cfg.images).resolve())} if cfg.images is not None
+              else {"data": str(Path(cfg.data).resolve()), "split": cfg.split})
+    return {
+        "run": str(Path(cfg.run).resolve()), "head_fingerprint": head_fp, **source, "gate": gate,
+        "pred_threshold": cfg.pred_threshold if gate == "pred" else None,
+        "tta": [v.to_dict() for v in variants], "crf": dict(CRF_PARAMS) if cfg.crf else None,
+        "background_power": BACKGROUND_POWER, "tile_size": preprocessing["tile_size"],
+        "conch_image_size": recipe.image_size, "precision": precision, "conch_fingerprint": recipe.fingerprint,
+    }
+
+
+def _check_out(out: Path, settings: dict, samples: list[Sample]) -> bool:
+    """True when `out` already holds predictions of these settings (resume); refuses other settings."""
+    path = out / REFINE_META
+    if not path.is_file():
+        clash = [s.image_id for s in samples if (out / f"{s.image_id}.png").exists()]
+        if clash:
+            raise ConstructError(f"{out}: holds PNGs not written by `construct refine` (e.g. {clash[0]}.png); "
+                                 f"use another --out")
+        return False
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ConstructError(f"{path}: unreadable ({e}); delete it or use another --out") from e
+    if not isinstance(old, dict) or old.get("format") != REFINE_FORMAT:
+        raise ConstructError(f"{path}: not written by `construct refine`; use another --out")
+    old_settings = old.get("settings", {})
+    if old_settings != settings:
+        changed = sorted(k for k in set(old_settings) | set(settings) if old_settings.get(k) != settings.get(k))
+        raise ConstructError(f"{out}: holds predictions made with other settings ({', '.join(changed)} differ); "
+                             f"use another --out or delete that folder")
+    return True
+
+
+def _write_meta(out: Path, record: dict) -> None:
+    write_text_atomic(out / REFINE_META, json.dumps(record, indent=2) + "\n")
+
+
+# ---------------------------------------------------------------------------------------- refine
+
+def refine(
+    cfg: RefineConfig,
+    conch: TapBackbone | None = None,
+    head: ConStructHead | None = None,
+    progress: bool = True,
+) -> RefineResult:
+    """Write `<stem>.png` masks for every tile of the source into `cfg.out_path` (resuming if it already
+    holds some from the same settings). `conch` (anything with `recipe` and `taps(images01,
+    with_embedding=...)`) and `head` may be passed in instead of being built from the run."""
+    _validate(cfg)
+    meta, classes, recipes, preprocessing = _run_meta(cfg)
+    recipe = recipes["conch"]
+    samples = list_images(cfg.images) if cfg.images is not None else list_split(Path(cfg.data), cfg.split, classes)
+    gate = resolve_gate(cfg, samples)
+    if head is None:
+        head, _ = load_head(cfg.run, cfg.head)
+    if head.config.n_classes != len(classes):
+        raise ConstructError(f"{cfg.run}: head has {head.config.n_classes} classes, the run's class set {len(classes)}")
+    head_fp = fingerprint(iter(head.state_dict().items()))
+    precision = cfg.precision or str(preprocessing.get("precision", "fp32"))
+    variants = variants_for(cfg.tta)
+    out = cfg.out_path
+    settings = _settings(cfg, gate, head_fp, recipe, preprocessing, precision, variants)
+    resuming = _check_out(out, settings, samples)
+    scores_dir = out / SCORES_DIR if cfg.save_scores else None
+
+    def done(s: Sample) -> bool:
+        return (resuming and (out / f"{s.image_id}.png").is_file()
+                and (scores_dir is None or (scores_dir / f"{s.image_id}.npy").is_file()))
+
+    pending = [i for i, s in enumerate(samples) if not done(s)]
+    random_weights = bool(recipe.random_weights or meta["store"].get("random_weights", False))
+    record = {
+        "format": REFINE_FORMAT, "format_version": REFINE_FORMAT_VERSION, "package_version": __version__,
+        "complete": False, "random_weights": random_weights, "backbones": {"conch": recipe.to_dict()},
+        "run": settings["run"], "split": cfg.split, "data": settings.get("data"), "images": settings.get("images"),
+        "gate": gate, "tta": cfg.tta, "n_variants": len(variants), "crf": cfg.crf, "head": cfg.head,
+        "classes": classes.names, "n_images": len(samples), "settings": settings,
+    }
+    result = RefineResult(out, len(samples), 0, len(samples) - len(pending), 0.0, gate, random_weights,
+                          {"conch": recipe})
+    if pending:
+        device = resolve_device(cfg.device)
+        conch = _load_conch(cfg, recipe, conch)  # checked before anything is written
+        if hasattr(conch, "to"):
+            conch.to(device)
+        head = head.to(device).eval()
+        out.mkdir(parents=True, exist_ok=True)
+        _write_meta(out, record)
+        start = time.perf_counter()
+        _run(cfg, samples, pending, gate, classes, conch, head, variants, precision, device, out, scores_dir,
+             preprocessing["tile_size"], progress)
+        result.seconds = time.perf_counter() - start
+        result.n_written = len(pending)
+    _write_meta(out, {**record, "complete": True, "n_written": result.n_written, "n_skipped": result.n_skipped,
+                      "seconds": round(result.seconds, 3), "tiles_per_s": round(result.tiles_per_s, 3)})
+    return result
+
+
+def _loader(samples: list[Sample], pending: list[int], classes: ClassSet, image_size: int, with_masks: bool,
+            batch_size: int, workers: int) -> DataLoader:
+    batches = [pending[i:i + batch_size] for i in range(0, len(pending), batch_size)]
+    return DataLoader(
+        TileDataset(samples, classes, image_size, with_masks=with_masks), batch_sampler=batches,
+        num_workers=workers, collate_fn=collate, pin_memory=torch.cuda.is_available(),
+        prefetch_factor=2 if workers else None,
+    )
+
+
+def _run(cfg, samples, pending, gate, classes, conch, head, variants, precision, device, out, scores_dir,
+         tile_size, progress) -> None:
+    lut = mask_index_lut(classes)
+    use_pool = cfg.crf and cfg.workers > 0
+    bar = tqdm(total=len(pending), unit="tile", desc=f"refine {cfg.split or Path(cfg.images).name}",
+               disable=not progress, dynamic_ncols=True)
+    inflight: deque[Future] = deque()
+    max_inflight = INFLIGHT_PER_WORKER * max(cfg.workers, 1) + cfg.batch_size
+
+    def harvest(block_until: int) -> None:
+        """Collect finished tiles in order; wait while more than `block_until` are queued."""
+        while inflight and (inflight[0].done() or len(inflight) > block_until):
+            inflight.popleft().result()  # re-raises a failed CRF or write here
+            bar.update(1)
+
+    pool = (ProcessPoolExecutor(cfg.workers, mp_context=multiprocessing.get_context("spawn"))
+            if use_pool else None)
+    try:
+        loader = _loader(samples, pending, classes, tile_size, gate == "gt", cfg.batch_size, cfg.loader_workers)
+        for batch in loader:
+            if batch["error"]:
+                harvest(0)  # keep the tiles already computed: a re-run resumes after them
+                raise ConstructError(batch["error"] + " (masks written so far are kept: fix or remove the file "
+                                     "and re-run the same command to resume)")
+            images = images_to_tensor(batch["images"], device)
+            scores, _ = tile_scores(images, conch, head, variants, gate, batch["labels"], cfg.pred_threshold,
+                                    precision)
+            scores = scores.float().cpu().numpy()
+            raw = batch["images"].numpy()
+            for j, row in enumerate(batch["rows"].tolist()):
+                stem = samples[row].image_id
+                task = TileTask(raw[j], scores[j], out / f"{stem}.png",
+                                scores_dir / f"{stem}.npy" if scores_dir is not None else None)
+                if pool is None:
+                    finish_tile(task, lut, classes, cfg.crf)
+                    bar.update(1)
+                else:
+                    inflight.append(pool.submit(finish_tile, task, lut, classes, cfg.crf))
+            harvest(max_inflight)
+        harvest(0)
+    except BaseException:
+        for f in inflight:
+            f.cancel()
+        raise
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        bar.close()
