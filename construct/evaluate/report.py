@@ -33,6 +33,7 @@ table { border-collapse: collapse; margin: 0.5em 0; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
 tr.ours td { font-weight: bold; background: #fff6d5; }
+tr.baseline td { color: #666; font-style: italic; }
 .warning { background: #fde2e2; border: 2px solid #c0392b; padding: 0.6em 1em; font-weight: bold; }
 .legend span { display: inline-block; padding: 0.1em 0.6em; margin-right: 0.4em; border: 1px solid #999; }
 figure { display: inline-block; margin: 0.3em; text-align: center; font-size: 0.8em; }
@@ -98,11 +99,11 @@ def example_tiles(
 
 
 def _table_html(result: dict) -> str:
-    header, rows, notes = table_rows(result)
+    header, rows, notes, n_published = table_rows(result)
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    kinds = {n_published: " class=ours", **{k: " class=baseline" for k in range(n_published + 1, len(rows))}}
     body = "".join(
-        f'<tr{" class=ours" if k == len(rows) - 1 else ""}>'
-        + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
+        f"<tr{kinds.get(k, '')}>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
         for k, r in enumerate(rows)
     )
     items = "".join(f"<li>{html.escape(n)}</li>" for n in notes)

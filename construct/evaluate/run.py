@@ -10,6 +10,7 @@ from construct.data.classes import BCSS, ClassSet
 from construct.data.dataset import list_split
 from construct.atomic import write_text_atomic
 from construct.errors import ConstructError
+from construct.evaluate.baselines import baseline_scores
 from construct.evaluate.collect import Collected, collect
 from construct.evaluate.gallery import prototype_gallery
 from construct.evaluate.metrics import PROTOCOLS, apply_protocol, scores
@@ -78,11 +79,13 @@ def evaluate_predictions(
     features: Path | str | None = None,
     progress: bool = True,
     gallery_k: int = GALLERY_K,
+    baselines: bool = False,
 ) -> dict:
     """Score `pred_dir/<stem>.png` against the split's ground truth; see `build_result` for the dict.
 
     Adds "random_weights" and "synthetic" (None when unknown). `features` (the train feature store)
-    is only used for the report's prototype gallery.
+    is only used for the report's prototype gallery. `baselines` adds "baselines": the trivial
+    predictions of `construct.evaluate.baselines` scored on the same images and protocol.
     """
     if protocol not in PROTOCOLS:
         raise ConstructError(f"unknown protocol {protocol!r} (expected one of {', '.join(PROTOCOLS)})")
@@ -92,6 +95,12 @@ def evaluate_predictions(
     result = build_result(collected, classes, protocol, split)
     result["random_weights"] = _flag(_read_json(pred_dir / REFINE_META), "random_weights")
     result["synthetic"] = _flag(_read_json(data_dir / SYNTH_META), "synthetic")
+    if baselines:
+        result["baselines"] = {
+            name: {k: ({c: _defined(x) for c, x in v.items()} if isinstance(v, dict) else _defined(v))
+                   for k, v in b.items()}
+            for name, b in baseline_scores(collected.samples, classes, protocol).items()
+        }
     if json_path is not None:
         write_text_atomic(Path(json_path), json.dumps(result, indent=2, allow_nan=False) + "\n")
     if report_path is not None:

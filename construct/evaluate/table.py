@@ -52,8 +52,9 @@ def our_label(result: dict) -> str:
     return f"ours ({', '.join(caveats)})" if caveats else "ours"
 
 
-def table_rows(result: dict) -> tuple[list[str], list[list[str]], list[str]]:
-    """(header, rows, notes): published rows when they apply to these classes, then ours."""
+def table_rows(result: dict) -> tuple[list[str], list[list[str]], list[str], int]:
+    """(header, rows, notes, n_published): published rows when they apply to these classes, then ours,
+    then the trivial baselines when the result holds them."""
     names = list(result["classes"])
     header = ["Method", *(f"IoU {n}" for n in names), "mIoU", "mDice", "FwIoU", "Acc"]
     rows: list[list[str]] = []
@@ -69,8 +70,13 @@ def table_rows(result: dict) -> tuple[list[str], list[list[str]], list[str]]:
                          f"{result['protocol']} protocol.")
     else:
         notes.append(f"Published rows omitted: they are for {PAPER_DATASET} classes {', '.join(PAPER_CLASSES)}.")
-    rows.append([our_label(result), *(_fmt(result["IoU"][n]) for n in names), _fmt(result["mIoU"]),
-                 _fmt(result["mDice"]), _fmt(result["FwIoU"]), _fmt(result["pixel_accuracy"])])
+    n_published = len(rows)
+    rows.append(_measured_row(our_label(result), result, names))
+    for name, b in (result.get("baselines") or {}).items():
+        rows.append(_measured_row(f"baseline: {name}", b, names))
+    if result.get("baselines"):
+        notes.append("Baselines, same split and protocol: all-background predicts background everywhere; "
+                     "labelled-everywhere spreads each tile's ground-truth labels evenly over the whole tile.")
     if result.get("random_weights"):
         notes.append("WARNING: predictions came from randomly initialised backbones; "
                      "these numbers say nothing about the method.")
@@ -83,7 +89,12 @@ def table_rows(result: dict) -> tuple[list[str], list[list[str]], list[str]]:
     if result.get("extra"):
         notes.append(f"Extra prediction files matching no image, ignored ({len(result['extra'])}): "
                      f"{_some(result['extra'])}.")
-    return header, rows, notes
+    return header, rows, notes, n_published
+
+
+def _measured_row(label: str, m: dict, names: list[str]) -> list[str]:
+    return [label, *(_fmt(m["IoU"][n]) for n in names), _fmt(m["mIoU"]), _fmt(m["mDice"]), _fmt(m["FwIoU"]),
+            _fmt(m["pixel_accuracy"])]
 
 
 def _some(names: list[str]) -> str:
@@ -93,7 +104,7 @@ def _some(names: list[str]) -> str:
 
 def format_table(result: dict) -> str:
     """The comparison as a fixed-width text table followed by its notes."""
-    header, rows, notes = table_rows(result)
+    header, rows, notes, n_published = table_rows(result)
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
     def line(cells: list[str]) -> str:
@@ -102,10 +113,10 @@ def format_table(result: dict) -> str:
 
     rule = "-" * len(line(header))
     body = [line(r) for r in rows]
-    # A rule above our row keeps it apart from the published ones.
-    published, ours = body[:-1], body[-1]
+    # A rule above our rows keeps them apart from the published ones.
+    published, ours = body[:n_published], body[n_published:]
     out = [line(header), rule, *published]
     if published:
         out.append(rule)
-    out.append(ours)
+    out.extend(ours)
     return "\n".join([*out, "", *notes])

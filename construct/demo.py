@@ -1,0 +1,150 @@
+"""`construct demo`: every phase on the embedded synthetic data with random-tiny backbones, in one folder.
+
+The folder keeps what each phase made, under the names the phases use by default, so a user can rerun
+any single phase by hand (the commands are printed). Running the demo again in the same folder reuses
+the finished phases: the data is the same for the same settings, extraction and training resume, refine
+skips written masks.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from construct import __version__
+from construct.atomic import write_text_atomic
+from construct.errors import ConstructError
+
+DEMO_BACKBONE = "random-tiny"  # no download, seconds per phase on a CPU
+DEMO_PRESET = "demo"
+METRICS_FILE = "metrics.json"
+REPORT_FILE = "report.html"
+
+
+@dataclass
+class DemoConfig:
+    out: Path = Path("construct-demo")
+    n_train: int = 200
+    n_valid: int = 40
+    n_test: int = 40
+    seed: int = 0
+    epochs: int | None = None  # None: the demo preset's
+    crf_workers: int = 2
+    progress: bool = True
+
+    @property
+    def data(self) -> Path:
+        return self.out / "data"
+
+    @property
+    def features(self) -> Path:
+        return self.out / "features"
+
+    @property
+    def run(self) -> Path:
+        return self.out / "run"
+
+    @property
+    def predictions(self) -> Path:
+        return self.out / "predictions"
+
+
+@dataclass
+class DemoResult:
+    metrics: dict  # the eval JSON, with "baselines" and "phases" (seconds per phase)
+    seconds: float
+
+    @property
+    def beats_baselines(self) -> bool:
+        return all(self.metrics["mIoU"] > b["mIoU"] for b in self.metrics["baselines"].values())
+
+
+def _phases(cfg: DemoConfig) -> list[tuple[str, str, Callable[[], str]]]:
+    """(name, equivalent command, action returning a one-line summary), in pipeline order."""
+    from construct.data.synth import SynthConfig, make_synthetic_dataset
+    from construct.extract.config import ExtractConfig
+    from construct.extract.extractor import extract
+    from construct.head.io import RUN_CONFIG
+    from construct.refine import RefineConfig, refine
+    from construct.train.config import resolve_config
+    from construct.train.trainer import train
+
+    def synth() -> str:
+        make_synthetic_dataset(cfg.data, SynthConfig(cfg.n_train, cfg.n_valid, cfg.n_test, cfg.seed),
+                               progress=cfg.progress)
+        return f"{cfg.n_train} train, {cfg.n_valid} valid, {cfg.n_test} test tiles"
+
+    def extract_split(split: str) -> Callable[[], str]:
+        def run() -> str:
+            r = extract(ExtractConfig(data=cfg.data, split=split, out=cfg.features / f"{split}.zarr",
+                                      conch=DEMO_BACKBONE, segformer=DEMO_BACKBONE, device="cpu"),
+                        progress=cfg.progress)
+            return f"{r.n_rows} rows, {r.n_extracted} extracted now ({r.images_per_s:.1f} img/s)"
+        return run
+
+    def train_head() -> str:
+        tc = resolve_config(DEMO_PRESET, None, features=str(cfg.features / "train.zarr"),
+                            val_features=str(cfg.features / "valid.zarr"), out=str(cfg.run), epochs=cfg.epochs,
+                            seed=cfg.seed, device="cpu")
+        r = train(tc, resume=(cfg.run / RUN_CONFIG).is_file(), progress=cfg.progress)
+        return f"{r.n_trainable:,} trainable parameters, best val mIoU {r.best_miou:.2f}"
+
+    def refine_test() -> str:
+        r = refine(RefineConfig(run=cfg.run, data=cfg.data, split="test", out=cfg.predictions,
+                                workers=cfg.crf_workers, device="cpu"), progress=cfg.progress)
+        if r.n_written == 0:
+            return f"all {r.n_skipped} masks already written"
+        return f"{r.n_written + r.n_skipped} masks (gate {r.gate}, TTA + CRF, {r.tiles_per_s:.1f} tiles/s)"
+
+    o = cfg.out
+    return [
+        ("synth", f"construct synth --out {cfg.data} --train {cfg.n_train} --valid {cfg.n_valid} "
+                  f"--test {cfg.n_test} --seed {cfg.seed}", synth),
+        ("extract train", f"construct extract --data {cfg.data} --split train --out {o}/features/train.zarr "
+                          f"--conch {DEMO_BACKBONE} --segformer {DEMO_BACKBONE}", extract_split("train")),
+        ("extract valid", f"construct extract --data {cfg.data} --split valid --out {o}/features/valid.zarr "
+                          f"--conch {DEMO_BACKBONE} --segformer {DEMO_BACKBONE}", extract_split("valid")),
+        ("train", f"construct train --features {o}/features/train.zarr --val-features {o}/features/valid.zarr "
+                  f"--out {cfg.run} --preset {DEMO_PRESET}" + (f" --epochs {cfg.epochs}" if cfg.epochs else ""),
+         train_head),
+        ("refine", f"construct refine --run {cfg.run} --data {cfg.data} --split test --out {cfg.predictions}",
+         refine_test),
+    ]
+
+
+def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> DemoResult:
+    """Run every phase, print each with its time, write metrics.json and report.html into `cfg.out`."""
+    from construct.data.classes import BCSS
+    from construct.evaluate.run import evaluate_predictions
+
+    if cfg.out.exists() and not cfg.out.is_dir():
+        raise ConstructError(f"{cfg.out}: exists and is not a folder")
+    start = time.perf_counter()
+    phases = _phases(cfg)
+    timings: dict[str, float] = {}
+    for i, (name, command, action) in enumerate(phases, start=1):
+        echo(f"[{i}/{len(phases) + 1}] {name}: {command}")
+        t0 = time.perf_counter()
+        summary = action()
+        timings[name] = time.perf_counter() - t0
+        echo(f"      {summary} ({timings[name]:.1f} s)")
+
+    eval_cmd = (f"construct eval --pred {cfg.predictions} --data {cfg.data} --split test --baselines "
+                f"--json {cfg.out / METRICS_FILE} --report {cfg.out / REPORT_FILE} --features {cfg.features}/train.zarr")
+    echo(f"[{len(phases) + 1}/{len(phases) + 1}] eval: {eval_cmd}")
+    t0 = time.perf_counter()
+    # The JSON is written once, below, with the phase times added; the report here.
+    metrics = evaluate_predictions(cfg.predictions, cfg.data, "test", classes=BCSS,
+                                   report_path=cfg.out / REPORT_FILE, features=cfg.features / "train.zarr",
+                                   progress=cfg.progress, baselines=True)
+    timings["eval"] = time.perf_counter() - t0
+    seconds = time.perf_counter() - start
+    metrics["demo"] = {"version": __version__, "config": {k: str(v) if isinstance(v, Path) else v
+                                                          for k, v in asdict(cfg).items()},
+                       "phases": timings, "seconds": seconds}
+    write_text_atomic(cfg.out / METRICS_FILE, json.dumps(metrics, indent=2, allow_nan=False) + "\n")
+    echo(f"      ({timings['eval']:.1f} s)")
+    return DemoResult(metrics, seconds)
