@@ -124,11 +124,13 @@ def extract(data, split, out, conch, segformer, classes, image_size, batch_size,
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write the metrics JSON here.")
 @click.option("--report", "report_path", type=click.Path(path_type=Path), default=None, help="Write a self-contained HTML report here.")
 @click.option("--features", type=click.Path(path_type=Path), default=None, help="Train feature store, for the report's prototype gallery.")
+@click.option("--run", type=click.Path(path_type=Path), default=None,
+              help="Trained run: the gallery shows its learned prototypes instead of the text embeddings.")
 @click.option("--allow-missing", is_flag=True, help="Count missing predictions instead of failing.")
 @click.option("--baselines", is_flag=True, help="Also score all-background and labelled-everywhere predictions.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @user_errors
-def eval_cmd(pred, data, split, protocol, classes, json_path, report_path, features, allow_missing, baselines,
+def eval_cmd(pred, data, split, protocol, classes, json_path, report_path, features, run, allow_missing, baselines,
              quiet) -> None:
     """Score predicted masks with the paper's protocol and print the comparison table."""
     from construct.data.classes import load_classes
@@ -138,7 +140,7 @@ def eval_cmd(pred, data, split, protocol, classes, json_path, report_path, featu
     result = evaluate_predictions(
         pred, data, split, protocol=protocol, classes=load_classes(classes), allow_missing=allow_missing,
         json_path=json_path, report_path=report_path, features=features, progress=not quiet,
-        baselines=baselines,
+        baselines=baselines, run=run,
     )
     click.echo(format_table(result))
 

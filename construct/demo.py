@@ -133,13 +133,14 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> DemoResult
         echo(f"      {summary} ({timings[name]:.1f} s)")
 
     eval_cmd = (f"construct eval --pred {cfg.predictions} --data {cfg.data} --split test --baselines "
-                f"--json {cfg.out / METRICS_FILE} --report {cfg.out / REPORT_FILE} --features {cfg.features}/train.zarr")
+                f"--json {cfg.out / METRICS_FILE} --report {cfg.out / REPORT_FILE} --features {cfg.features}/train.zarr "
+                f"--run {cfg.run}")
     echo(f"[{len(phases) + 1}/{len(phases) + 1}] eval: {eval_cmd}")
     t0 = time.perf_counter()
     # The JSON is written once, below, with the phase times added; the report here.
     metrics = evaluate_predictions(cfg.predictions, cfg.data, "test", classes=BCSS,
                                    report_path=cfg.out / REPORT_FILE, features=cfg.features / "train.zarr",
-                                   progress=cfg.progress, baselines=True)
+                                   progress=cfg.progress, baselines=True, run=cfg.run)
     timings["eval"] = time.perf_counter() - t0
     seconds = time.perf_counter() - start
     metrics["demo"] = {"version": __version__, "config": {k: str(v) if isinstance(v, Path) else v

@@ -142,11 +142,11 @@ def _tiles_html(groups: dict[str, list[TileView]], classes: ClassSet) -> str:
     return "".join(parts)
 
 
-def _gallery_html(gallery: list[GalleryEntry] | None) -> str:
+def _gallery_html(gallery: list[GalleryEntry] | None, source: str) -> str:
     if gallery is None:
         return "<p>Not built: pass the training feature store (--features STORE) to see it.</p>"
-    parts = ["<p>For each class prototype, the training tiles whose CONCH image embeddings are most "
-             "cosine-similar to it, nearest first.</p>"]
+    parts = [f"<p>For each class prototype ({html.escape(source)}), the training tiles whose CONCH image "
+             "embeddings are most cosine-similar to it, nearest first.</p>"]
     for entry in gallery:
         figures = "".join(
             f"<figure>{_img(thumbnail(read_image(path, size=None), THUMB_SIZE), image_id)}"
@@ -162,8 +162,9 @@ def render_report(
     classes: ClassSet,
     tiles: dict[str, list[TileView]],
     gallery: list[GalleryEntry] | None = None,
+    gallery_source: str = "CONCH text embeddings of the class descriptions",
 ) -> str:
-    """The whole report as one HTML string."""
+    """The whole report as one HTML string; `gallery_source` says which prototypes the gallery used."""
     title = f"construct eval: {result['split']} split, {result['protocol']} protocol"
     warnings = [w for w, on in (("randomly initialised backbones", result.get("random_weights")),
                                 ("synthetic data", result.get("synthetic"))) if on]
@@ -189,7 +190,7 @@ def render_report(
 <h2>Example tiles (per-image mIoU: best, median, worst)</h2>
 {_tiles_html(tiles, classes)}
 <h2>Prototype gallery</h2>
-{_gallery_html(gallery)}
+{_gallery_html(gallery, gallery_source)}
 </body></html>
 """
 

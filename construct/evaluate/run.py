@@ -6,6 +6,8 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
+
 from construct.data.classes import BCSS, ClassSet
 from construct.data.dataset import list_split
 from construct.atomic import write_text_atomic
@@ -67,6 +69,14 @@ def build_result(collected: Collected, classes: ClassSet, protocol: str, split: 
     }
 
 
+def learned_prototypes(run: Path | str) -> np.ndarray:
+    """(C, 512) prototypes of a trained run's best head, in CONCH's joint space like the embeddings."""
+    from construct.head.io import load_head
+
+    head, _ = load_head(run, "best")
+    return head.prototypes.detach().float().numpy()
+
+
 def evaluate_predictions(
     pred_dir: Path | str,
     data_dir: Path | str,
@@ -80,11 +90,13 @@ def evaluate_predictions(
     progress: bool = True,
     gallery_k: int = GALLERY_K,
     baselines: bool = False,
+    run: Path | str | None = None,
 ) -> dict:
     """Score `pred_dir/<stem>.png` against the split's ground truth; see `build_result` for the dict.
 
     Adds "random_weights" and "synthetic" (None when unknown). `features` (the train feature store)
-    is only used for the report's prototype gallery. `baselines` adds "baselines": the trivial
+    is only used for the report's prototype gallery, whose prototypes are the learned ones of `run` when
+    given, else the class descriptions' CONCH text embeddings. `baselines` adds "baselines": the trivial
     predictions of `construct.evaluate.baselines` scored on the same images and protocol.
     """
     if protocol not in PROTOCOLS:
@@ -104,7 +116,12 @@ def evaluate_predictions(
     if json_path is not None:
         write_text_atomic(Path(json_path), json.dumps(result, indent=2, allow_nan=False) + "\n")
     if report_path is not None:
-        gallery = prototype_gallery(features, gallery_k) if features is not None else None
+        gallery, source = None, "CONCH text embeddings of the class descriptions"
+        if features is not None:
+            prototypes = None
+            if run is not None:
+                prototypes, source = learned_prototypes(run), f"learned by the run {run}"
+            gallery = prototype_gallery(features, gallery_k, prototypes)
         tiles = example_tiles(collected, pred_dir, classes, protocol)
-        write_text_atomic(Path(report_path), render_report(result, classes, tiles, gallery))
+        write_text_atomic(Path(report_path), render_report(result, classes, tiles, gallery, source))
     return result

@@ -35,7 +35,8 @@ def test_folder_keeps_each_phase_output(demo_run):
     assert (out / "features" / "train.zarr").is_dir() and (out / "features" / "valid.zarr").is_dir()
     assert (out / "run" / "head_best.safetensors").is_file()
     assert len(list((out / "predictions").glob("*.png"))) == 12
-    assert "<table" in (out / "report.html").read_text()
+    report = (out / "report.html").read_text()
+    assert "<table" in report and "learned by the run" in report  # gallery of the trained prototypes
 
 
 def test_test_miou_clearly_beats_the_trivial_baselines(demo_run):
