@@ -91,6 +91,7 @@ def extract(data, split, out, conch, segformer, classes, image_size, batch_size,
     Re-running the same command resumes an interrupted extraction.
     """
     from construct.backbones.registry import DEFAULT_SPECS
+    from construct.distributed import is_main_process
     from construct.extract.config import ExtractConfig
     from construct.extract.extractor import extract as run_extract
 
@@ -105,6 +106,8 @@ def extract(data, split, out, conch, segformer, classes, image_size, batch_size,
         seg_stages=stages, workers=workers, limit=limit,
     )
     result = run_extract(cfg, progress=not quiet)
+    if not is_main_process():
+        return  # under torchrun, rank 0 reports for every process
     from construct.store import FeatureStore
 
     warn_random(FeatureStore.open(result.store).recipes.values())
@@ -167,6 +170,7 @@ def eval_cmd(pred, data, split, protocol, classes, json_path, report_path, featu
 def train(features, val_features, out, preset, config_file, epochs, batch_size, lr, seed, no_distill, no_contrast,
           no_text_init, device, workers, resume, quiet) -> None:
     """Learn the ConStruct head (adapters, prototypes, projections) from a feature store only."""
+    from construct.distributed import is_main_process
     from construct.head.io import read_run_config
     from construct.train.config import resolve_config
     from construct.train.trainer import train as run_train
@@ -186,8 +190,11 @@ def train(features, val_features, out, preset, config_file, epochs, batch_size, 
         )
     from construct.store import FeatureStore
 
-    warn_random(FeatureStore.open(cfg.features).recipes.values())
+    if is_main_process():  # under torchrun, rank 0 speaks for every process
+        warn_random(FeatureStore.open(cfg.features).recipes.values())
     result = run_train(cfg, resume=resume, progress=not quiet)
+    if not is_main_process():
+        return
     best = f", best val mIoU {result.best_miou:.2f}" if result.best_miou is not None else ""
     click.echo(f"run: {result.run} ({result.n_trainable:,} trainable parameters; final loss "
                f"{result.final_loss:.4f}{best}; {result.seconds:.1f} s)")

@@ -16,11 +16,12 @@ from construct.backbones.recipe import BackboneRecipe
 from construct.backbones.registry import create_backbone
 from construct.data.classes import load_classes
 from construct.data.dataset import IMAGE_SIZE as TILE_SIZE
-from construct.data.dataset import list_split
+from construct.data.dataset import Sample, list_split
+from construct.distributed import World, session
 from construct.errors import ConstructError
 from construct.extract.config import ExtractConfig
 from construct.extract.loader import TileDataset, images_to_tensor, tile_loader
-from construct.runtime import autocast, resolve_device
+from construct.runtime import autocast
 from construct.store import FeatureStore, StoreLayout, StoreSpec, STORE_DTYPES, dataset_fingerprint
 
 MAX_PENDING_WRITES = 2  # shards queued for the writer thread before the forward waits (bounds memory)
@@ -47,7 +48,7 @@ class ExtractResult:
 
 def _store_spec(cfg: ExtractConfig, samples, classes, conch, segformer) -> StoreSpec:
     root = Path(cfg.data).resolve()
-    rel = [str(s.image_path.resolve().relative_to(root)) for s in samples]
+    rel = _rel_paths(root, samples)
     sizes = [s.image_path.stat().st_size for s in samples]
     layout = StoreLayout(
         conch_taps=tuple(f"conch_b{b}" for b in cfg.conch_blocks),
@@ -77,6 +78,23 @@ def _store_spec(cfg: ExtractConfig, samples, classes, conch, segformer) -> Store
     )
 
 
+def _rel_paths(root: Path, samples: list[Sample]) -> list[str]:
+    return [str(s.image_path.resolve().relative_to(root)) for s in samples]
+
+
+def _check_same_inputs(store: FeatureStore, cfg: ExtractConfig, samples: list[Sample], recipes: dict,
+                       rank: int) -> None:
+    """A process on another machine must read the same tiles and weights rank 0 created the store from."""
+    rel = _rel_paths(Path(cfg.data).resolve(), samples)
+    compat = store.meta["compat"]
+    if dataset_fingerprint(rel) != compat["dataset_fingerprint"]:
+        raise ConstructError(f"rank {rank}: the tiles under {cfg.data} differ from rank 0's (store {store.path}); "
+                             f"every machine needs the same dataset")
+    if {k: r.to_dict() for k, r in sorted(recipes.items())} != compat["backbones"]:
+        raise ConstructError(f"rank {rank}: its backbone weights differ from rank 0's (store {store.path}); "
+                             f"every machine needs the same weight files")
+
+
 def _validate(cfg: ExtractConfig) -> None:
     if cfg.store_dtype not in STORE_DTYPES:
         raise ConstructError(f"--store-dtype {cfg.store_dtype}: expected one of {', '.join(STORE_DTYPES)}")
@@ -98,9 +116,16 @@ def extract(
     progress: bool = True,
 ) -> ExtractResult:
     """Extract (or resume extracting) one split into `cfg.out_path`. Backbones may be passed in
-    (any objects with `recipe` and `taps`; CONCH also `text_embeddings` and `contrastive_head`)."""
+    (any objects with `recipe` and `taps`; CONCH also `text_embeddings` and `contrastive_head`).
+
+    Under torchrun every process extracts its own slice of the rows still to do, into the one store."""
     _validate(cfg)
-    device = resolve_device(cfg.device)
+    with session(cfg.device) as (world, device):
+        return _extract(cfg, conch, segformer, progress and world.is_main, world, device)
+
+
+def _extract(cfg: ExtractConfig, conch: Backbone | None, segformer: Backbone | None, progress: bool,
+             world: World, device: torch.device) -> ExtractResult:
     classes = load_classes(cfg.classes)
     samples = list_split(Path(cfg.data), cfg.split, classes)
     if cfg.limit is not None:
@@ -109,38 +134,50 @@ def extract(
     segformer = segformer or create_backbone("segformer", cfg.segformer, TILE_SIZE)  # --image-size is CONCH's
     conch.to(device)
     segformer.to(device)
-    spec = _store_spec(cfg, samples, classes, conch, segformer)
     out = cfg.out_path
     fresh = not (out / "zarr.json").exists()
-    store = FeatureStore.open_or_create(out, spec)
-    pending = store.pending_shards()
+    # Rank 0 alone creates the store (or checks it and records file sizes) and reads which shards are left;
+    # the others open it only then, and all agree on that list, read before any rank writes a row.
+    pending = world.on_main(lambda: FeatureStore.open_or_create(
+        out, _store_spec(cfg, samples, classes, conch, segformer)).pending_shards())
+    store = FeatureStore.open(out, mode="r+", require_complete=False)
+    recipes = {"conch": conch.recipe, "segformer": segformer.recipe}
+    if not world.is_main:
+        _check_same_inputs(store, cfg, samples, recipes, world.rank)
     n_pending = sum(b - a for a, b in pending)
-    dataset = TileDataset(samples, classes, TILE_SIZE, with_masks="mask" in spec.shapes)
+    # Whole shards per rank: Zarr writes to disjoint shard files need no lock, and a shard's rows are
+    # marked done together, so the rows of a rank that dies are simply pending on the next run.
+    mine = pending[world.part(len(pending))]
+    dataset = TileDataset(samples, classes, TILE_SIZE, with_masks=store.has("mask"))
     wanted = set(store.layout.feature_arrays()) | {"conch_embedding"} | ({"conch_cls"} if cfg.keep_cls else set())
+    # Only a lone process may remove the store it created: another rank may be writing rows into it.
+    removable = fresh and not world.spread
     start = time.perf_counter()
     try:
-        _run(store, dataset, pending, wanted, conch, segformer, device, cfg, progress, n_pending)
+        _run(store, dataset, mine, wanted, conch, segformer, device, cfg, progress, removable, world)
     except BaseException:
-        if fresh and store.n_done == 0:
+        if removable and store.n_done == 0:
             import shutil
 
             shutil.rmtree(out, ignore_errors=True)  # nothing was extracted: leave nothing behind
         raise
+    world.barrier()  # every rank's rows are written before the run reports
     return ExtractResult(out, store.n_rows, n_pending, time.perf_counter() - start,
-                         any(r.random_weights for r in spec.backbones.values()))
+                         any(r.random_weights for r in recipes.values()))
 
 
-def _run(store, dataset, pending, wanted, conch, segformer, device, cfg, progress, n_pending) -> None:
-    shard_of = {row: (a, b) for a, b in pending for row in range(a, b)}
+def _run(store, dataset, shards, wanted, conch, segformer, device, cfg, progress, removable, world) -> None:
+    shard_of = {row: (a, b) for a, b in shards for row in range(a, b)}
     buffers: dict[tuple[int, int], list[dict[str, np.ndarray]]] = {}
     writes: list[Future] = []
-    bar = tqdm(total=n_pending, unit="img", desc=f"extract {cfg.split}", disable=not progress, dynamic_ncols=True)
+    desc = f"extract {cfg.split}" + (f" (rank 0 of {world.world_size})" if world.spread else "")
+    bar = tqdm(total=sum(b - a for a, b in shards), unit="img", desc=desc, disable=not progress, dynamic_ncols=True)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer") as writer:
-        for batch in tile_loader(dataset, pending, cfg.batch_size, cfg.workers):
+        for batch in tile_loader(dataset, shards, cfg.batch_size, cfg.workers):
             if batch["error"]:
                 for f in writes:
                     f.result()  # finish the shards already queued, so the hint below is true
-                raise ConstructError(batch["error"] + _resume_hint(store))
+                raise ConstructError(batch["error"] + _resume_hint(store, removable))
             images = images_to_tensor(batch["images"], device)
             with torch.no_grad(), autocast(device, cfg.precision):
                 feats = {**conch.taps(images), **segformer.taps(images)}
@@ -164,7 +201,7 @@ def _run(store, dataset, pending, wanted, conch, segformer, device, cfg, progres
     store.refresh()
 
 
-def _resume_hint(store: FeatureStore) -> str:
-    if store.n_done == 0:
+def _resume_hint(store: FeatureStore, removable: bool) -> str:
+    if removable and store.n_done == 0:
         return ""  # nothing to keep: a fresh store is removed again
     return f" (the store {store.path} keeps the rows done so far: fix the file and re-run to resume)"

@@ -13,8 +13,12 @@ def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
     return torch.flip(x, dims=(-1,)) if k >= 4 else x
 
 
-def augment_maps(maps: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """maps: name → (B, ..., H, W) with square H = W; each sample gets the same symmetry in every map."""
-    b = next(iter(maps.values())).shape[0]
-    ks = torch.randint(0, N_DIHEDRAL, (b,), generator=generator).tolist()
+def draw_symmetries(n: int, generator: torch.Generator) -> list[int]:
+    """One symmetry per sample of a batch of n."""
+    return torch.randint(0, N_DIHEDRAL, (n,), generator=generator).tolist()
+
+
+def apply_symmetries(maps: dict[str, torch.Tensor], ks: list[int]) -> dict[str, torch.Tensor]:
+    """maps: name → (B, ..., H, W) with square H = W; sample i gets symmetry ks[i] in every map."""
     return {name: torch.stack([dihedral(x[i], k) for i, k in enumerate(ks)]) for name, x in maps.items()}
+

@@ -7,6 +7,7 @@ import torch
 from construct.backbones.conch import ContrastiveHead
 from construct.head.model import ConStructHead
 from construct.train.config import TrainConfig
+from construct.train.ddp import BatchShare, unwrap
 from construct.train.losses import (
     MemoryBank,
     classification_loss,
@@ -25,27 +26,35 @@ def teacher_tap(level: int) -> str:
 
 def compute_losses(
     head: ConStructHead, contrastive_head: ContrastiveHead | None, maps: dict[str, torch.Tensor],
-    labels: torch.Tensor, cfg: TrainConfig, bank: MemoryBank | None,
+    labels: torch.Tensor, cfg: TrainConfig, bank: MemoryBank | None, share: BatchShare | None = None,
 ) -> dict[str, torch.Tensor]:
-    """maps: `conch_b*` (B, D, g, g) and `seg_s*` (B, C, h, w). Returns each term and the weighted total."""
+    """maps: `conch_b*` (B, D, g, g) and `seg_s*` (B, C, h, w). Returns each term and the weighted total.
+
+    `head` may be the head in DDP; `share` says which rows of the global batch these are (default: all)."""
+    share = share or BatchShare(len(labels))
+    net = unwrap(head)
     out = head(maps)
-    hc = head.config
-    losses = {"cls": classification_loss(out, labels, dict(zip(hc.cam_levels, hc.bce_weights)))}
+    hc = net.config
+    rows = share.weight(len(labels))  # per-row means of a part, weighted to the global batch's mean
+    losses = {"cls": rows * classification_loss(out, labels, dict(zip(hc.cam_levels, hc.bce_weights)))}
     total = cfg.w_cls * losses["cls"]
     if cfg.distill:
         terms = [relational_distillation_loss(out.features[k], maps[teacher_tap(k)]) for k in hc.distill_levels]
-        losses["distill"] = torch.stack(terms).mean()
+        losses["distill"] = rows * torch.stack(terms).mean()
         total = total + cfg.w_distill * losses["distill"]
-    if cfg.contrast and contrastive_head is not None and bool(labels.any()):
+    if cfg.contrast and contrastive_head is not None and share.any(labels):
         gate = labels.float()[:, :, None, None]
-        weights = soft_region_weights(head.fused_cam(out) * gate, cfg.fg_threshold, cfg.fg_softness).flatten(2)
+        weights = soft_region_weights(net.fused_cam(out) * gate, cfg.fg_threshold, cfg.fg_softness).flatten(2)
         tokens = maps[CONTRAST_TOKENS].flatten(2).transpose(1, 2)  # (B, N, D)
-        fg_all = contrastive_head.pool_masked(tokens, weights)
-        bg_all = contrastive_head.pool_masked(tokens, 1 - weights)
+        # Both regions of every class in one call: the tokens' keys and values are computed once.
+        regions = contrastive_head.pool_masked(tokens, torch.cat([weights, 1 - weights], dim=1))
+        fg_all, bg_all = regions.chunk(2, dim=1)
         b_idx, c_idx = labels.bool().nonzero(as_tuple=True)
-        fg, bg = fg_all[b_idx, c_idx], bg_all[b_idx, c_idx]
+        # Every process scores the (row, class) pairs of the whole batch: the mean over pairs and the memory
+        # bank are then the ones a single process has, and the gather hands each process's rows their gradient.
+        fg, bg, c_idx = (share.gather(t) for t in (fg_all[b_idx, c_idx], bg_all[b_idx, c_idx], c_idx))
         losses["contrast"] = fg_bg_contrastive_loss(
-            fg, bg, c_idx, head.prototypes, bank.get().to(fg.device) if bank else None, cfg.contrast_tau)
+            fg, bg, c_idx, net.prototypes, bank.get().to(fg.device) if bank else None, cfg.contrast_tau)
         total = total + cfg.w_contrast * losses["contrast"]
         if bank is not None:
             bank.push(bg)

@@ -15,14 +15,15 @@ from tqdm.auto import tqdm
 from construct.atomic import atomic_output, write_text_atomic
 from construct.backbones.conch import ContrastiveHead
 from construct.backbones.weights import seeded_init
+from construct.distributed import World, session
 from construct.errors import ConstructError
 from construct.head.io import HEAD_FILES, RUN_CONFIG, read_run_config, save_head, write_run_config
 from construct.head.model import ConStructHead, HeadConfig
-from construct.runtime import resolve_device
 from construct.store import FeatureStore
-from construct.train.augment import augment_maps
+from construct.train.augment import apply_symmetries, draw_symmetries
 from construct.train.config import TrainConfig
 from construct.train.data import batch_loader, epoch_batches
+from construct.train.ddp import BatchShare, convert_sync_batchnorm, wrap
 from construct.train.losses import MemoryBank
 from construct.train.objective import CONTRAST_TOKENS, compute_losses, teacher_tap
 from construct.train.validate import validate
@@ -108,7 +109,16 @@ def _setup_logging(run: Path) -> logging.Handler:
 
 
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> TrainResult:
-    device = resolve_device(cfg.device)
+    """Train (or resume) a run. Under torchrun the processes share each batch in DDP and take the step one
+    process would; rank 0 alone writes the run folder."""
+    with session(cfg.device) as (world, device):
+        return _start(cfg, resume, progress and world.is_main, world, device)
+
+
+def _start(cfg: TrainConfig, resume: bool, progress: bool, world: World, device: torch.device) -> TrainResult:
+    if cfg.batch_size < world.world_size:
+        raise ConstructError(f"--batch-size {cfg.batch_size} is the global batch, shared by {world.world_size} "
+                             f"processes: it must be at least one row per process")
     store = FeatureStore.open(cfg.features)
     val = FeatureStore.open(cfg.val_features) if cfg.val_features else None
     hc = _head_config(cfg, store)
@@ -128,19 +138,24 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Trai
         _check_resumed_store(run, store)
     if not resume and not restart and (run / RUN_CONFIG).exists():
         raise ConstructError(f"{run}: already holds a run; use --resume to continue it or choose another --out")
+    world.barrier()  # every process has checked the run folder before rank 0 writes into it
+    if not world.is_main:
+        return _train(cfg, store, val, hc, run, device, resume, progress, world)
     run.mkdir(parents=True, exist_ok=True)
     handler = _setup_logging(run)
     try:
-        return _train(cfg, store, val, hc, run, device, resume, progress)
+        return _train(cfg, store, val, hc, run, device, resume, progress, world)
     finally:
         log.removeHandler(handler)
         handler.close()
 
 
-def _train(cfg, store, val, hc, run, device, resume, progress) -> TrainResult:
+def _train(cfg, store, val, hc, run, device, resume, progress, world: World) -> TrainResult:
     text = torch.from_numpy(store.text_embeddings) if cfg.text_init else None
     with seeded_init(cfg.seed):
         head = ConStructHead(hc, text).to(device)
+    if world.spread:
+        convert_sync_batchnorm(head)  # batch-norm statistics of the global batch, not of each process's part
     chead = ContrastiveHead.from_state_dict(
         {k: torch.from_numpy(v) for k, v in store.contrastive_head_state().items()}).to(device)
     chead.requires_grad_(False).eval()
@@ -161,7 +176,7 @@ def _train(cfg, store, val, hc, run, device, resume, progress) -> TrainResult:
             bank.load_state_dict(ck["bank"])
         state = {"sums": {}, "records": [], **ck["state"]}
         log.info("resumed at epoch %d step %d", state["epoch"], state["step_in_epoch"])
-    else:
+    elif world.is_main:
         write_run_config(run, {
             "train": cfg.to_dict(), "head": hc.to_dict(), "n_trainable": n_trainable,
             "classes": store.classes.to_dict(),
@@ -180,8 +195,10 @@ def _train(cfg, store, val, hc, run, device, resume, progress) -> TrainResult:
     start = time.perf_counter()
     last_loss = state["records"][-1]["loss_total"] if state["records"] else float("nan")
     params = [p for p in head.parameters() if p.requires_grad]
+    model = wrap(head, world, device)
     for epoch in range(state["epoch"], cfg.epochs):
         batches = epoch_batches(store.n_rows, cfg.batch_size, cfg.seed, epoch)
+        shares = [BatchShare(len(b), world) for b in batches]
         skip = state["step_in_epoch"] if epoch == state["epoch"] else 0
         head.train()
         if skip == 0:
@@ -189,55 +206,66 @@ def _train(cfg, store, val, hc, run, device, resume, progress) -> TrainResult:
         sums: dict[str, float] = state["sums"]
         bar = tqdm(total=len(batches), initial=skip, desc=f"train epoch {epoch + 1}/{cfg.epochs}",
                    unit="step", disable=not progress, dynamic_ncols=True)
-        for step, batch in enumerate(batch_loader(cfg.features, names, batches[skip:], cfg.workers), start=skip):
+        mine = [b[sh.rows()] for b, sh in zip(batches, shares)]  # each process reads its part of every batch
+        for step, batch in enumerate(batch_loader(cfg.features, names, mine[skip:], cfg.workers), start=skip):
+            share = shares[step]
             maps = _to_maps(batch, hc.grid, device)
             if cfg.augment:
                 g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + state["global_step"])
-                maps = augment_maps(maps, g)
+                maps = apply_symmetries(maps, draw_symmetries(share.n_rows, g)[share.rows()])
             labels = batch["labels"].to(device)
             # The forward pass moves the batch-norm statistics: keep them to undo a step that goes bad.
             buffers = {k: v.detach().clone() for k, v in head.named_buffers()}
-            losses = compute_losses(head, chead, maps, labels, cfg, bank)
-            bad = None if torch.isfinite(losses["total"]) else f"loss became {losses['total'].item()}"
+            losses = compute_losses(model, chead, maps, labels, cfg, bank, share)
+            values = share.values(losses)  # the whole batch's, so every process takes the same decisions
+            bad = None if math.isfinite(values["total"]) else f"loss became {values['total']}"
             if bad is None:
                 opt.zero_grad(set_to_none=True)
                 losses["total"].backward()
                 grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
                 if not torch.isfinite(grad_norm):
-                    bad = f"gradient became {grad_norm.item()} (loss {losses['total'].item():.4g})"
+                    bad = f"gradient became {grad_norm.item()} (loss {values['total']:.4g})"
             if bad is not None:
-                _stop_on_nonfinite(run, head, buffers, losses, bad, epoch, step)
+                _stop_on_nonfinite(run, head, buffers, values, bad, epoch, step, save=world.is_main)
             opt.step()
             sched.step()
             state["global_step"] += 1
             state["step_in_epoch"] = step + 1
-            for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
-            last_loss = float(losses["total"].detach())
-            bar.set_postfix({k: f"{float(v.detach()):.3f}" for k, v in losses.items()})
+            for k, v in values.items():
+                sums[k] = sums.get(k, 0.0) + v
+            last_loss = values["total"]
+            bar.set_postfix({k: f"{v:.3f}" for k, v in values.items()})
             bar.update(1)
-            if state["global_step"] % cfg.checkpoint_every == 0:
+            if world.is_main and state["global_step"] % cfg.checkpoint_every == 0:
                 _save_checkpoint(run, head, opt, sched, bank, state)
         bar.close()
-        n = max(1, len(batches))
-        record = {"epoch": epoch + 1, "step": state["global_step"], "lr": sched.get_last_lr()[0],
-                  **{f"loss_{k}": v / n for k, v in sums.items()}, "seconds": time.perf_counter() - start}
-        save_head(head, run / HEAD_FILES["last"])
-        if val is not None:
-            v = validate(head, val, device)
-            record.update({f"val_{k}": v[k] for k in ("mIoU", "mDice", "FwIoU")}, val_IoU=v["IoU"])
-            if state["best"] is None or v["mIoU"] > state["best"]:
-                state["best"] = v["mIoU"]
-                save_head(head, run / HEAD_FILES["best"])
-        state["epoch"], state["step_in_epoch"] = epoch + 1, 0
-        state["records"] = [*state["records"], record]
-        _write_metrics(run, state["records"])  # rewritten whole: a redone epoch never appears twice
-        _save_checkpoint(run, head, opt, sched, bank, state)
-        log.info(json.dumps(record))
-        if progress:
-            tqdm.write("epoch %d: %s" % (epoch + 1, ", ".join(
-                f"{k}={v:.4f}" for k, v in record.items() if isinstance(v, float) and k != "seconds")))
+        if world.is_main:
+            _end_epoch(run, head, opt, sched, bank, val, device, state, epoch, len(batches), start, progress)
+        state = world.broadcast(state)  # the other processes wait for rank 0's validation and records
     return TrainResult(run, n_trainable, last_loss, state["best"], time.perf_counter() - start)
+
+
+def _end_epoch(run: Path, head, opt, sched, bank, val, device, state: dict, epoch: int, n_batches: int,
+               start: float, progress: bool) -> None:
+    """Rank 0's epoch end: last (and best) head, the epoch's record, a resumable checkpoint."""
+    n = max(1, n_batches)
+    record = {"epoch": epoch + 1, "step": state["global_step"], "lr": sched.get_last_lr()[0],
+              **{f"loss_{k}": v / n for k, v in state["sums"].items()}, "seconds": time.perf_counter() - start}
+    save_head(head, run / HEAD_FILES["last"])
+    if val is not None:
+        v = validate(head, val, device)
+        record.update({f"val_{k}": v[k] for k in ("mIoU", "mDice", "FwIoU")}, val_IoU=v["IoU"])
+        if state["best"] is None or v["mIoU"] > state["best"]:
+            state["best"] = v["mIoU"]
+            save_head(head, run / HEAD_FILES["best"])
+    state["epoch"], state["step_in_epoch"] = epoch + 1, 0
+    state["records"] = [*state["records"], record]
+    _write_metrics(run, state["records"])  # rewritten whole: a redone epoch never appears twice
+    _save_checkpoint(run, head, opt, sched, bank, state)
+    log.info(json.dumps(record))
+    if progress:
+        tqdm.write("epoch %d: %s" % (epoch + 1, ", ".join(
+            f"{k}={v:.4f}" for k, v in record.items() if isinstance(v, float) and k != "seconds")))
 
 
 def _save_checkpoint(run: Path, head, opt, sched, bank, state: dict) -> None:
@@ -251,12 +279,14 @@ def _write_metrics(run: Path, records: list[dict]) -> None:
     write_text_atomic(run / METRICS, "".join(json.dumps(r) + "\n" for r in records))
 
 
-def _stop_on_nonfinite(run: Path, head, buffers: dict, losses: dict, what: str, epoch: int, step: int) -> None:
+def _stop_on_nonfinite(run: Path, head, buffers: dict, losses: dict[str, float], what: str, epoch: int, step: int,
+                       save: bool) -> None:
     """Save the weights from before this step (undoing its batch-norm update) and stop in one line."""
     with torch.no_grad():
         for name, buf in head.named_buffers():
             buf.copy_(buffers[name])
-    save_head(head, run / HEAD_FILES["last"])
-    terms = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+    if save:
+        save_head(head, run / HEAD_FILES["last"])
+    terms = ", ".join(f"{k}={v:.4g}" for k, v in losses.items())
     raise ConstructError(f"{what} at epoch {epoch + 1} step {step + 1} ({terms}); training stopped, "
                          f"last good weights kept in {run / HEAD_FILES['last']}")

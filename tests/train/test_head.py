@@ -7,7 +7,7 @@ import torch
 
 from construct.head.io import load_head, save_head, write_run_config
 from construct.head.model import ConStructHead, HeadConfig
-from construct.train.augment import N_DIHEDRAL, augment_maps, dihedral
+from construct.train.augment import N_DIHEDRAL, apply_symmetries, dihedral, draw_symmetries
 
 
 def expected_n_trainable(cfg: HeadConfig) -> int:
@@ -80,7 +80,7 @@ def test_augmentation_applies_one_symmetry_to_every_map_of_a_sample():
         "seg_s3": base.repeat(1, 3, 1, 1),  # (B, 3, 28, 28)
         "conch_b12": base[:, :, ::2, ::2] * 2,
     }
-    out = augment_maps(maps, torch.Generator().manual_seed(0))
+    out = apply_symmetries(maps, draw_symmetries(b, torch.Generator().manual_seed(0)))
     ks = []
     for i in range(b):
         fine = out["seg_s3"][i, 0]
@@ -93,7 +93,7 @@ def test_augmentation_applies_one_symmetry_to_every_map_of_a_sample():
         assert torch.equal(out["seg_s3"][i], dihedral(maps["seg_s3"][i], k))
     assert len(set(ks)) == N_DIHEDRAL  # 64 samples: every symmetry is drawn
     # seeded: the same generator seed gives the same symmetries
-    again = augment_maps(maps, torch.Generator().manual_seed(0))
+    again = apply_symmetries(maps, draw_symmetries(b, torch.Generator().manual_seed(0)))
     assert all(torch.equal(out[k], again[k]) for k in maps)
 
 

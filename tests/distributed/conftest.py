@@ -1,0 +1,33 @@
+"""Two processes under torchrun (gloo on the CPU) against one process: a small synthetic dataset, built once."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from construct.backbones.conch import build_conch
+from construct.backbones.segformer import build_segformer
+from construct.data.synth import SynthConfig, make_synthetic_dataset
+
+from .helpers import N_TRAIN, N_VALID
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_thread():
+    """torchrun gives each process one thread (OMP_NUM_THREADS=1): the single-process references here run
+    with one thread too, so that their numbers are the ones the processes compute."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def synth_data(tmp_path_factory):
+    return make_synthetic_dataset(tmp_path_factory.mktemp("dist") / "data",
+                                  SynthConfig(n_train=N_TRAIN, n_valid=N_VALID, n_test=0, seed=11), progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_backbones():
+    return build_conch("random-tiny"), build_segformer("random-tiny")
