@@ -163,7 +163,7 @@ def eval_cmd(pred, data, split, protocol, classes, json_path, report_path, featu
 @click.option("--no-contrast", is_flag=True, help="Ablation: no FG/BG contrastive term.")
 @click.option("--no-text-init", is_flag=True, help="Ablation: random prototypes instead of CONCH text embeddings.")
 @click.option("--device", default=None, help="auto, cpu, cuda, ...")
-@click.option("--workers", type=int, default=None, help="Store reading processes [default: 1].")
+@click.option("--workers", type=int, default=None, help="Store reading processes [default: 0 on CPU, 1 with a GPU].")
 @click.option("--resume", is_flag=True, help="Continue a killed run in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @user_errors

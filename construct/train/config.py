@@ -41,12 +41,19 @@ class TrainConfig:
     fg_threshold: float = 0.5  # of each CAM's max, as in the paper
     fg_softness: float = 0.05  # width of the soft threshold, keeps the mask differentiable
     augment: bool = True
-    workers: int = 1
+    # Store reading processes; None: 0 on CPU, where a loader process takes a core from the step's own
+    # threads (benchmarks/README.md, two_phase), 1 with a GPU, where reads overlap the device's work.
+    workers: int | None = None
     device: str = "auto"
     checkpoint_every: int = 200  # steps between resumable checkpoints (plus every epoch end)
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    def loader_workers(self, device_type: str) -> int:
+        if self.workers is not None:
+            return self.workers
+        return 0 if device_type == "cpu" else 1
 
 
 PRESETS: dict[str, dict] = {
@@ -92,6 +99,6 @@ def resolve_config(preset: str = "paper", config_file: Path | None = None, **fla
     cfg = TrainConfig(**values)
     if cfg.epochs < 1 or cfg.batch_size < 2:
         raise ConstructError("epochs must be >= 1 and batch size >= 2 (batch norm needs two samples)")
-    if cfg.checkpoint_every < 1 or cfg.bank_size < 1 or cfg.workers < 0:
+    if cfg.checkpoint_every < 1 or cfg.bank_size < 1 or (cfg.workers is not None and cfg.workers < 0):
         raise ConstructError("checkpoint_every and bank_size must be >= 1 and workers >= 0")
     return cfg

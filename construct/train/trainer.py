@@ -207,7 +207,7 @@ def _train(cfg, store, val, hc, run, device, resume, progress, world: World) -> 
         bar = tqdm(total=len(batches), initial=skip, desc=f"train epoch {epoch + 1}/{cfg.epochs}",
                    unit="step", disable=not progress, dynamic_ncols=True)
         mine = [b[sh.rows()] for b, sh in zip(batches, shares)]  # each process reads its part of every batch
-        for step, batch in enumerate(batch_loader(cfg.features, names, mine[skip:], cfg.workers), start=skip):
+        for step, batch in enumerate(batch_loader(cfg.features, names, mine[skip:], cfg.loader_workers(device.type)), start=skip):
             share = shares[step]
             maps = _to_maps(batch, hc.grid, device)
             if cfg.augment:

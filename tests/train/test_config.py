@@ -1,0 +1,26 @@
+"""Training settings: layering and the device-aware loader default."""
+
+import pytest
+
+from construct.errors import ConstructError
+from construct.train.config import TrainConfig, resolve_config
+
+
+def test_loader_runs_in_process_on_cpu_and_in_one_process_with_a_gpu():
+    cfg = resolve_config("paper")
+    assert cfg.workers is None
+    assert cfg.loader_workers("cpu") == 0 and cfg.loader_workers("cuda") == 1
+    assert resolve_config("paper", None, workers=3).loader_workers("cpu") == 3
+
+
+def test_layers_apply_in_order(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text("lr = 0.5\nepochs = 4\n")
+    cfg = resolve_config("demo", f, epochs=9)
+    assert (cfg.lr, cfg.epochs, cfg.w_contrast) == (0.5, 9, 0.02)
+    assert TrainConfig().lr == 2e-5 and resolve_config("paper").batch_size == 10
+
+
+def test_negative_workers_refused():
+    with pytest.raises(ConstructError, match="workers"):
+        resolve_config("paper", None, workers=-1)
