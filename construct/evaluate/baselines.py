@@ -15,7 +15,7 @@ import numpy as np
 from construct.data.classes import ClassSet
 from construct.data.dataset import Sample, labels_from_mask, read_mask
 from construct.errors import ConstructError
-from construct.evaluate.metrics import apply_protocol, scores
+from construct.evaluate.metrics import Scores, apply_protocol, scores
 
 BASELINES = ("all-background", "labelled-everywhere")
 
@@ -33,17 +33,13 @@ def baseline_confusions(gt: np.ndarray, classes: ClassSet) -> dict[str, np.ndarr
     return {"all-background": background, "labelled-everywhere": labelled}
 
 
-def baseline_scores(samples: list[Sample], classes: ClassSet, protocol: str) -> dict[str, dict]:
-    """Per baseline, the metrics `construct eval` reports (percent; NaN where undefined)."""
+def baseline_scores(samples: list[Sample], classes: ClassSet, protocol: str) -> dict[str, Scores]:
+    """Each baseline's scores over the samples' ground-truth masks, under `protocol`."""
     totals = {name: np.zeros((classes.n_mask_values,) * 2) for name in BASELINES}
     for sample in samples:
         if sample.mask_path is None:
             raise ConstructError(f"{sample.image_path}: no ground-truth mask for this image")
         for name, conf in baseline_confusions(read_mask(sample.mask_path, classes), classes).items():
             totals[name] += conf
-    out = {}
-    for name, conf in totals.items():
-        s = scores(apply_protocol(conf, protocol, classes.background_index), classes)
-        out[name] = {"mIoU": s.miou, "mDice": s.mdice, "FwIoU": s.fwiou, "pixel_accuracy": s.pixel_accuracy,
-                     "IoU": {c.name: float(s.iou[c.mask_index]) for c in classes.classes}}
-    return out
+    return {name: scores(apply_protocol(conf, protocol, classes.background_index), classes)
+            for name, conf in totals.items()}

@@ -15,7 +15,7 @@ from construct.errors import ConstructError
 from construct.evaluate.baselines import baseline_scores
 from construct.evaluate.collect import Collected, collect
 from construct.evaluate.gallery import prototype_gallery
-from construct.evaluate.metrics import PROTOCOLS, apply_protocol, scores
+from construct.evaluate.metrics import PROTOCOLS, Scores, apply_protocol, scores
 from construct.evaluate.report import example_tiles, render_report
 
 # Provenance files written by `construct refine` (in the prediction folder) and `construct synth`
@@ -47,21 +47,27 @@ def _defined(value: float) -> float | None:
     return None if math.isnan(value) else float(value)
 
 
-def build_result(collected: Collected, classes: ClassSet, protocol: str, split: str) -> dict:
-    """The metrics dict, JSON-ready: percentages, None for undefined values, confusion in pixels."""
-    conf = apply_protocol(collected.total, protocol, classes.background_index)
-    s = scores(conf, classes)
+def metrics_dict(s: Scores, classes: ClassSet) -> dict:
+    """The JSON-ready metrics of one scored matrix: percentages, None for undefined values."""
     return {
-        "protocol": protocol,
-        "split": split,
-        "n_images": len(collected.samples),
-        "classes": classes.names,
         "mIoU": _defined(s.miou),
         "mDice": _defined(s.mdice),
         "FwIoU": _defined(s.fwiou),
         "pixel_accuracy": _defined(s.pixel_accuracy),
         "IoU": {c.name: _defined(s.iou[c.mask_index]) for c in classes.classes},
         "Dice": {c.name: _defined(s.dice[c.mask_index]) for c in classes.classes},
+    }
+
+
+def build_result(collected: Collected, classes: ClassSet, protocol: str, split: str) -> dict:
+    """The metrics dict, JSON-ready: percentages, None for undefined values, confusion in pixels."""
+    conf = apply_protocol(collected.total, protocol, classes.background_index)
+    return {
+        "protocol": protocol,
+        "split": split,
+        "n_images": len(collected.samples),
+        "classes": classes.names,
+        **metrics_dict(scores(conf, classes), classes),
         "confusion": conf.tolist(),
         "n_missing": len(collected.missing),
         "missing": collected.missing,
@@ -108,11 +114,8 @@ def evaluate_predictions(
     result["random_weights"] = _flag(_read_json(pred_dir / REFINE_META), "random_weights")
     result["synthetic"] = _flag(_read_json(data_dir / SYNTH_META), "synthetic")
     if baselines:
-        result["baselines"] = {
-            name: {k: ({c: _defined(x) for c, x in v.items()} if isinstance(v, dict) else _defined(v))
-                   for k, v in b.items()}
-            for name, b in baseline_scores(collected.samples, classes, protocol).items()
-        }
+        result["baselines"] = {name: metrics_dict(b, classes)
+                               for name, b in baseline_scores(collected.samples, classes, protocol).items()}
     if json_path is not None:
         write_text_atomic(Path(json_path), json.dumps(result, indent=2, allow_nan=False) + "\n")
     if report_path is not None:

@@ -20,7 +20,7 @@ from construct.data.dataset import Sample, list_split
 from construct.distributed import World, session
 from construct.errors import ConstructError
 from construct.extract.config import ExtractConfig
-from construct.extract.loader import TileDataset, images_to_tensor, tile_loader
+from construct.extract.loader import ShardBatchSampler, TileDataset, images_to_tensor, tile_loader
 from construct.runtime import autocast
 from construct.store import FeatureStore, StoreLayout, StoreSpec, STORE_DTYPES, dataset_fingerprint
 
@@ -173,7 +173,7 @@ def _run(store, dataset, shards, wanted, conch, segformer, device, cfg, progress
     desc = f"extract {cfg.split}" + (f" (rank 0 of {world.world_size})" if world.spread else "")
     bar = tqdm(total=sum(b - a for a, b in shards), unit="img", desc=desc, disable=not progress, dynamic_ncols=True)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer") as writer:
-        for batch in tile_loader(dataset, shards, cfg.batch_size, cfg.workers):
+        for batch in tile_loader(dataset, ShardBatchSampler(shards, cfg.batch_size), cfg.workers):
             if batch["error"]:
                 for f in writes:
                     f.result()  # finish the shards already queued, so the hint below is true

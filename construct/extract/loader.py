@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -69,11 +69,12 @@ def collate(items: list[tuple[int, np.ndarray, np.ndarray, np.ndarray, str]]) ->
     }
 
 
-def tile_loader(dataset: TileDataset, shards: Sequence[tuple[int, int]], batch_size: int, workers: int) -> DataLoader:
+def tile_loader(dataset: TileDataset, batches: Iterable[Sequence[int]], workers: int) -> DataLoader:
+    """Decoded tiles, one batch per list of row indices (e.g. a ShardBatchSampler), in that order;
+    `workers` decoding processes (0: in this process)."""
     return DataLoader(
-        dataset, batch_sampler=ShardBatchSampler(shards, batch_size), num_workers=workers,
-        collate_fn=collate, pin_memory=torch.cuda.is_available(), prefetch_factor=4 if workers else None,
-        persistent_workers=False,
+        dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate,
+        pin_memory=torch.cuda.is_available(), prefetch_factor=4 if workers else None,
     )
 
 

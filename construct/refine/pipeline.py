@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from construct import __version__
@@ -30,7 +29,7 @@ from construct.backbones.weights import fingerprint
 from construct.data.classes import ClassSet
 from construct.data.dataset import IMAGE_EXTENSIONS, SPLITS, Sample, list_split
 from construct.errors import ConstructError
-from construct.extract.loader import TileDataset, collate, images_to_tensor
+from construct.extract.loader import TileDataset, images_to_tensor, tile_loader
 from construct.head.io import load_head, read_run_config
 from construct.head.model import ConStructHead
 from construct.head.scores import BACKGROUND_POWER, mask_index_lut
@@ -256,16 +255,6 @@ def refine(
     return result
 
 
-def _loader(samples: list[Sample], pending: list[int], classes: ClassSet, image_size: int, with_masks: bool,
-            batch_size: int, workers: int) -> DataLoader:
-    batches = [pending[i:i + batch_size] for i in range(0, len(pending), batch_size)]
-    return DataLoader(
-        TileDataset(samples, classes, image_size, with_masks=with_masks), batch_sampler=batches,
-        num_workers=workers, collate_fn=collate, pin_memory=torch.cuda.is_available(),
-        prefetch_factor=2 if workers else None,
-    )
-
-
 def _run(cfg, samples, pending, gate, classes, conch, head, variants, precision, device, out, scores_dir,
          tile_size, progress) -> None:
     lut = mask_index_lut(classes)
@@ -284,7 +273,9 @@ def _run(cfg, samples, pending, gate, classes, conch, head, variants, precision,
     pool = (ProcessPoolExecutor(cfg.workers, mp_context=multiprocessing.get_context("spawn"))
             if use_pool else None)
     try:
-        loader = _loader(samples, pending, classes, tile_size, gate == "gt", cfg.batch_size, cfg.loader_workers)
+        batches = [pending[i:i + cfg.batch_size] for i in range(0, len(pending), cfg.batch_size)]
+        loader = tile_loader(TileDataset(samples, classes, tile_size, with_masks=gate == "gt"), batches,
+                             cfg.loader_workers)
         for batch in loader:
             if batch["error"]:
                 harvest(0)  # keep the tiles already computed: a re-run resumes after them

@@ -89,11 +89,11 @@ class StoreSpec:
         }
 
 
-def dataset_fingerprint(rel_paths: Sequence[str], sizes: Sequence[int] | None = None) -> str:
-    """sha256 over the rows' relative paths in order (and their file sizes when given)."""
+def dataset_fingerprint(rel_paths: Sequence[str]) -> str:
+    """sha256 over the rows' relative paths in order (file sizes are checked per row: `file_sizes`)."""
     h = hashlib.sha256()
-    for i, p in enumerate(rel_paths):
-        h.update(f"{p}\0{sizes[i]}\n".encode() if sizes is not None else f"{p}\n".encode())
+    for p in rel_paths:
+        h.update(f"{p}\n".encode())
     return h.hexdigest()
 
 

@@ -21,4 +21,3 @@ def draw_symmetries(n: int, generator: torch.Generator) -> list[int]:
 def apply_symmetries(maps: dict[str, torch.Tensor], ks: list[int]) -> dict[str, torch.Tensor]:
     """maps: name → (B, ..., H, W) with square H = W; sample i gets symmetry ks[i] in every map."""
     return {name: torch.stack([dihedral(x[i], k) for i, k in enumerate(ks)]) for name, x in maps.items()}
-

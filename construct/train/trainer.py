@@ -196,6 +196,7 @@ def _train(cfg, store, val, hc, run, device, resume, progress, world: World) -> 
     last_loss = state["records"][-1]["loss_total"] if state["records"] else float("nan")
     params = [p for p in head.parameters() if p.requires_grad]
     model = wrap(head, world, device)
+    workers = cfg.loader_workers(device.type)
     for epoch in range(state["epoch"], cfg.epochs):
         batches = epoch_batches(store.n_rows, cfg.batch_size, cfg.seed, epoch)
         shares = [BatchShare(len(b), world) for b in batches]
@@ -207,7 +208,7 @@ def _train(cfg, store, val, hc, run, device, resume, progress, world: World) -> 
         bar = tqdm(total=len(batches), initial=skip, desc=f"train epoch {epoch + 1}/{cfg.epochs}",
                    unit="step", disable=not progress, dynamic_ncols=True)
         mine = [b[sh.rows()] for b, sh in zip(batches, shares)]  # each process reads its part of every batch
-        for step, batch in enumerate(batch_loader(cfg.features, names, mine[skip:], cfg.loader_workers(device.type)), start=skip):
+        for step, batch in enumerate(batch_loader(cfg.features, names, mine[skip:], workers), start=skip):
             share = shares[step]
             maps = _to_maps(batch, hc.grid, device)
             if cfg.augment:

@@ -66,3 +66,10 @@ def test_other_settings_in_the_same_folder_are_refused(demo_run):
     assert result.exit_code == 1
     last = result.output.strip().splitlines()[-1]
     assert last.startswith("Error:") and "other settings" in last and "Traceback" not in result.output
+
+
+def test_out_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "afile").write_text("")
+    result = CliRunner().invoke(main, ["demo", "--out", str(tmp_path / "afile"), "--quiet"])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1] == f"Error: {tmp_path / 'afile'}: exists and is not a folder"

@@ -168,3 +168,10 @@ def test_corrupt_provenance_file_is_an_error(three_tiles):
     (preds / "refine.json").write_text("{not json")
     with pytest.raises(ConstructError, match="refine.json"):
         run(data, preds)
+
+
+def test_gallery_run_that_is_not_a_run_is_an_error(three_tiles, tmp_path):
+    data, preds = three_tiles
+    with pytest.raises(ConstructError, match="not a construct run"):
+        run(data, preds, report_path=tmp_path / "r.html", features=tmp_path / "store", run=tmp_path / "nope")
+    assert not (tmp_path / "r.html").exists()

@@ -34,7 +34,7 @@ def make_spec(n: int = N_ROWS, store_dtype: str = "float16", shard_rows: int = 4
                            shard_rows=shard_rows),
         shapes=shapes, text_embeddings=np.arange(4 * 5, dtype=np.float32).reshape(4, 5),
         contrastive_head={"proj": np.eye(5, dtype=np.float32), "n_head": np.array(1.0, np.float32)},
-        dataset_fingerprint=dataset_fingerprint(rel, [100 + i for i in range(n)]),
+        dataset_fingerprint=dataset_fingerprint(rel),
         preprocessing={"image_size": 64, "precision": "fp32"}, config={"batch_size": 4},
         labels=(np.arange(n * 4).reshape(n, 4) % 2).astype(np.uint8) if labels else None,
     )
