@@ -20,6 +20,10 @@ class TrainConfig:
     batch_size: int = 10
     lr: float = 2e-5
     weight_decay: float = 1e-3
+    # adamw (the paper's); sgd (plain, no momentum) takes steps proportional to the gradient, which the
+    # DDP equivalence tests compare: Adam's first step moves a weight by about lr whatever its gradient's
+    # size, so rounding noise in a near-zero gradient becomes a step of lr.
+    optimizer: str = "adamw"
     poly_power: float = 0.9
     seed: int = 0
     # Loss weights: classification, structural distillation, FG/BG contrast.
@@ -55,6 +59,8 @@ class TrainConfig:
             return self.workers
         return 0 if device_type == "cpu" else 1
 
+
+OPTIMIZERS = ("adamw", "sgd")
 
 PRESETS: dict[str, dict] = {
     "paper": {},
@@ -99,6 +105,8 @@ def resolve_config(preset: str = "paper", config_file: Path | None = None, **fla
     cfg = TrainConfig(**values)
     if cfg.epochs < 1 or cfg.batch_size < 2:
         raise ConstructError("epochs must be >= 1 and batch size >= 2 (batch norm needs two samples)")
+    if cfg.optimizer not in OPTIMIZERS:
+        raise ConstructError(f"optimizer {cfg.optimizer!r}: expected one of {', '.join(OPTIMIZERS)}")
     if cfg.checkpoint_every < 1 or cfg.bank_size < 1 or (cfg.workers is not None and cfg.workers < 0):
         raise ConstructError("checkpoint_every and bank_size must be >= 1 and workers >= 0")
     return cfg

@@ -160,7 +160,7 @@ def _train(cfg, store, val, hc, run, device, resume, progress, world: World) -> 
         {k: torch.from_numpy(v) for k, v in store.contrastive_head_state().items()}).to(device)
     chead.requires_grad_(False).eval()
     bank = MemoryBank(cfg.bank_size, hc.embed_dim) if cfg.contrast else None
-    opt = torch.optim.AdamW([p for p in head.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = _optimizer(cfg, [p for p in head.parameters() if p.requires_grad])
     n_batches = len(epoch_batches(store.n_rows, cfg.batch_size, cfg.seed, 0))
     total_steps = n_batches * cfg.epochs
     sched = torch.optim.lr_scheduler.PolynomialLR(opt, total_iters=total_steps, power=cfg.poly_power)
@@ -244,6 +244,12 @@ def _train(cfg, store, val, hc, run, device, resume, progress, world: World) -> 
             _end_epoch(run, head, opt, sched, bank, val, device, state, epoch, len(batches), start, progress)
         state = world.broadcast(state)  # the other processes wait for rank 0's validation and records
     return TrainResult(run, n_trainable, last_loss, state["best"], time.perf_counter() - start)
+
+
+def _optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def _end_epoch(run: Path, head, opt, sched, bank, val, device, state: dict, epoch: int, n_batches: int,
