@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import tomllib
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -16,7 +17,11 @@ class TrainConfig:
     val_features: str | None = None
     out: str = "runs/construct"
     preset: str = "paper"
-    epochs: int = 2
+    # The schedule counts optimiser steps, so it does not follow the dataset's size. The paper's 2 epochs
+    # of BCSS-WSSS train (23,422 tiles, 2,342 full batches of 10) are 4,684 steps.
+    steps: int | None = 4684
+    epochs: float | None = None  # convenience: converted to steps over the store's full batches
+    warmup: float = 0.0  # fraction of the steps over which the lr rises linearly, before the poly decay
     batch_size: int = 10
     lr: float = 2e-5
     weight_decay: float = 1e-3
@@ -26,10 +31,12 @@ class TrainConfig:
     optimizer: str = "adamw"
     poly_power: float = 0.9
     seed: int = 0
-    # Loss weights: classification, structural distillation, FG/BG contrast.
+    # Loss weights: classification, structural distillation, FG/BG contrast (construct.train.weighting).
     w_cls: float = 1.0
     w_distill: float = 1.5
     w_contrast: float = 0.2
+    loss_weighting: str = "fixed"  # fixed: the weights above; uncertainty: learned (Kendall et al. 2018)
+    aux_ramp: float = 0.0  # fraction of the steps over which distill and contrast weights rise from 0
     distill: bool = True
     contrast: bool = True
     text_init: bool = True
@@ -49,7 +56,20 @@ class TrainConfig:
     # threads (benchmarks/README.md, two_phase), 1 with a GPU, where reads overlap the device's work.
     workers: int | None = None
     device: str = "auto"
-    checkpoint_every: int = 200  # steps between resumable checkpoints (plus every epoch end)
+    checkpoint_every: int = 200  # steps between resumable checkpoints (plus every validation)
+    eval_every: int | None = None  # steps between validations and metrics records; None: one epoch,
+    # but no more than MAX_RECORDS of them in a run
+    log_every: int = 10  # steps between lines of train.log (each term's loss and weight)
+
+    def total_steps(self, batches_per_epoch: int) -> int:
+        if self.epochs is not None:
+            return max(1, math.ceil(self.epochs * batches_per_epoch))
+        return int(self.steps)
+
+    def record_every(self, batches_per_epoch: int) -> int:
+        if self.eval_every is not None:
+            return self.eval_every
+        return max(batches_per_epoch, math.ceil(self.total_steps(batches_per_epoch) / MAX_RECORDS))
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -61,6 +81,8 @@ class TrainConfig:
 
 
 OPTIMIZERS = ("adamw", "sgd")
+LOSS_WEIGHTINGS = ("fixed", "uncertainty")
+MAX_RECORDS = 30  # validations in a run with eval_every unset: an epoch each, or fewer on small stores
 
 PRESETS: dict[str, dict] = {
     "paper": {},
@@ -86,6 +108,17 @@ def read_config_file(path: Path) -> dict:
     return data
 
 
+def _apply_layer(values: dict, layer: dict, where: str) -> None:
+    """A layer's steps or epochs replaces the other one set below it (a preset's steps, say)."""
+    if layer.get("steps") is not None and layer.get("epochs") is not None:
+        raise ConstructError(f"{where}: give steps or epochs, not both")
+    if layer.get("epochs") is not None:
+        values["steps"] = None
+    elif layer.get("steps") is not None:
+        values["epochs"] = None
+    values.update(layer)
+
+
 def resolve_config(preset: str = "paper", config_file: Path | None = None, **flags) -> TrainConfig:
     """Apply the layers in order; flags given as None are left to the layers below them."""
     if preset not in PRESETS:
@@ -97,14 +130,22 @@ def resolve_config(preset: str = "paper", config_file: Path | None = None, **fla
         unknown = sorted(set(data) - set(known))
         if unknown:
             raise ConstructError(f"{config_file}: unknown settings {', '.join(unknown)}")
-        values.update(data)
-    values.update({k: v for k, v in flags.items() if v is not None})
+        _apply_layer(values, data, str(config_file))
+    _apply_layer(values, {k: v for k, v in flags.items() if v is not None}, "flags")
     for k, v in values.items():
         if isinstance(v, list):
             values[k] = tuple(v)
     cfg = TrainConfig(**values)
-    if cfg.epochs < 1 or cfg.batch_size < 2:
-        raise ConstructError("epochs must be >= 1 and batch size >= 2 (batch norm needs two samples)")
+    if cfg.batch_size < 2:
+        raise ConstructError("batch size must be >= 2 (batch norm needs two samples)")
+    if (cfg.steps is not None and cfg.steps < 1) or (cfg.epochs is not None and cfg.epochs <= 0):
+        raise ConstructError("--steps must be >= 1 and --epochs > 0")
+    if not (0 <= cfg.warmup < 1 and 0 <= cfg.aux_ramp <= 1):
+        raise ConstructError("--warmup must be in [0, 1) and --aux-ramp in [0, 1] (fractions of the steps)")
+    if cfg.loss_weighting not in LOSS_WEIGHTINGS:
+        raise ConstructError(f"--loss-weighting {cfg.loss_weighting}: expected one of {', '.join(LOSS_WEIGHTINGS)}")
+    if (cfg.eval_every is not None and cfg.eval_every < 1) or cfg.log_every < 1:
+        raise ConstructError("eval_every and log_every must be >= 1")
     if cfg.optimizer not in OPTIMIZERS:
         raise ConstructError(f"optimizer {cfg.optimizer!r}: expected one of {', '.join(OPTIMIZERS)}")
     if cfg.checkpoint_every < 1 or cfg.bank_size < 1 or (cfg.workers is not None and cfg.workers < 0):

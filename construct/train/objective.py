@@ -8,6 +8,7 @@ from construct.backbones.conch import ContrastiveHead
 from construct.head.model import ConStructHead
 from construct.train.config import TrainConfig
 from construct.train.ddp import BatchShare, unwrap
+from construct.train.weighting import LossWeighting
 from construct.train.losses import (
     MemoryBank,
     classification_loss,
@@ -27,8 +28,10 @@ def teacher_tap(level: int) -> str:
 def compute_losses(
     head: ConStructHead, contrastive_head: ContrastiveHead | None, maps: dict[str, torch.Tensor],
     labels: torch.Tensor, cfg: TrainConfig, bank: MemoryBank | None, share: BatchShare | None = None,
+    weighting: LossWeighting | None = None, step: int = 0,
 ) -> dict[str, torch.Tensor]:
-    """maps: `conch_b*` (B, D, g, g) and `seg_s*` (B, C, h, w). Returns each term and the weighted total.
+    """maps: `conch_b*` (B, D, g, g) and `seg_s*` (B, C, h, w). Returns each term and the total that
+    `weighting` makes of them at `step` (default: the configured fixed weights).
 
     `head` may be the head in DDP; `share` says which rows of the global batch these are (default: all)."""
     share = share or BatchShare(len(labels))
@@ -37,11 +40,9 @@ def compute_losses(
     hc = net.config
     rows = share.weight(len(labels))  # per-row means of a part, weighted to the global batch's mean
     losses = {"cls": rows * classification_loss(out, labels, dict(zip(hc.cam_levels, hc.bce_weights)))}
-    total = cfg.w_cls * losses["cls"]
     if cfg.distill:
         terms = [relational_distillation_loss(out.features[k], maps[teacher_tap(k)]) for k in hc.distill_levels]
         losses["distill"] = rows * torch.stack(terms).mean()
-        total = total + cfg.w_distill * losses["distill"]
     if cfg.contrast and contrastive_head is not None and share.any(labels):
         gate = labels.float()[:, :, None, None]
         weights = soft_region_weights(net.fused_cam(out) * gate, cfg.fg_threshold, cfg.fg_softness).flatten(2)
@@ -55,8 +56,8 @@ def compute_losses(
         fg, bg, c_idx = (share.gather(t) for t in (fg_all[b_idx, c_idx], bg_all[b_idx, c_idx], c_idx))
         losses["contrast"] = fg_bg_contrastive_loss(
             fg, bg, c_idx, net.prototypes, bank.get().to(fg.device) if bank else None, cfg.contrast_tau)
-        total = total + cfg.w_contrast * losses["contrast"]
         if bank is not None:
             bank.push(bg)
-    losses["total"] = total
+    weighting = weighting if weighting is not None else LossWeighting(cfg, total_steps=1)
+    losses["total"] = weighting(losses, step)
     return losses

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -15,7 +16,7 @@ from tqdm.auto import tqdm
 from construct.atomic import atomic_output, write_text_atomic
 from construct.backbones.conch import ContrastiveHead
 from construct.backbones.weights import seeded_init
-from construct.distributed import World, session
+from construct.distributed import World, all_reduce_sum, session
 from construct.errors import ConstructError
 from construct.head.io import HEAD_FILES, RUN_CONFIG, read_run_config, save_head, write_run_config
 from construct.head.model import ConStructHead, HeadConfig
@@ -27,11 +28,15 @@ from construct.train.ddp import BatchShare, convert_sync_batchnorm, wrap
 from construct.train.losses import MemoryBank
 from construct.train.objective import CONTRAST_TOKENS, compute_losses, teacher_tap
 from construct.train.validate import validate
+from construct.train.weighting import LossWeighting
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 LOG = "train.log"
 log = logging.getLogger("construct.train")
+# Positive examples of the rarest class a plan must show the classifier, below which `train` warns. On the
+# real-pixel check (benchmarks/README.md) the head stopped improving well above this.
+MIN_CLASS_EXAMPLES = 2000
 
 
 @dataclass
@@ -160,90 +165,140 @@ def _train(cfg, store, val, hc, run, device, resume, progress, world: World) -> 
         {k: torch.from_numpy(v) for k, v in store.contrastive_head_state().items()}).to(device)
     chead.requires_grad_(False).eval()
     bank = MemoryBank(cfg.bank_size, hc.embed_dim) if cfg.contrast else None
-    opt = _optimizer(cfg, [p for p in head.parameters() if p.requires_grad])
-    n_batches = len(epoch_batches(store.n_rows, cfg.batch_size, cfg.seed, 0))
-    total_steps = n_batches * cfg.epochs
-    sched = torch.optim.lr_scheduler.PolynomialLR(opt, total_iters=total_steps, power=cfg.poly_power)
+    per_epoch = len(epoch_batches(store.n_rows, cfg.batch_size, cfg.seed, 0))
+    total_steps = cfg.total_steps(per_epoch)
+    weighting = LossWeighting(cfg, total_steps).to(device)
+    params = [p for p in head.parameters() if p.requires_grad]
+    opt = _optimizer(cfg, params + [p for p in weighting.parameters() if p.requires_grad])
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, functools.partial(
+        lr_factor, total=total_steps, warmup=round(cfg.warmup * total_steps), power=cfg.poly_power))
     n_trainable = head.n_trainable()
     # Everything a resumed run needs to continue as if never stopped, metrics included.
-    state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best": None, "sums": {}, "records": []}
+    state = {"global_step": 0, "best": None, "sums": {}, "records": []}
     if resume:
         ck = torch.load(run / CHECKPOINT, map_location=device, weights_only=True)
         head.load_state_dict(ck["head"])
+        weighting.load_state_dict(ck["weighting"])
         opt.load_state_dict(ck["optim"])
         sched.load_state_dict(ck["sched"])
         if bank is not None and ck.get("bank") is not None:
             bank.load_state_dict(ck["bank"])
         state = {"sums": {}, "records": [], **ck["state"]}
-        log.info("resumed at epoch %d step %d", state["epoch"], state["step_in_epoch"])
+        log.info("resumed at step %d", state["global_step"])
     elif world.is_main:
         write_run_config(run, {
             "train": cfg.to_dict(), "head": hc.to_dict(), "n_trainable": n_trainable,
+            "schedule": {"steps": total_steps, "batches_per_epoch": per_epoch},
             "classes": store.classes.to_dict(),
             "backbones": {k: r.to_dict() for k, r in store.recipes.items()},
             "store": {"path": str(Path(cfg.features).resolve()), "n_rows": store.n_rows,
                       "random_weights": store.random_weights, "layout": store.layout.to_dict(),
                       "preprocessing": store.meta["preprocessing"]},
         })
-    msg = f"trainable parameters: {n_trainable:,} ({n_trainable / 1e6:.2f}M)"
-    log.info(msg)
-    if progress:
-        tqdm.write(msg)
+    plan = describe_plan(cfg, store, per_epoch, total_steps, n_trainable)
+    for line in plan:
+        log.info(line)
+        if progress:
+            tqdm.write(line)
 
     names = sorted(set(head.input_taps) | ({CONTRAST_TOKENS} if cfg.contrast else set())
                    | ({teacher_tap(k) for k in hc.distill_levels} if cfg.distill else set()))
     start = time.perf_counter()
     last_loss = state["records"][-1]["loss_total"] if state["records"] else float("nan")
-    params = [p for p in head.parameters() if p.requires_grad]
     model = wrap(head, world, device)
     workers = cfg.loader_workers(device.type)
-    for epoch in range(state["epoch"], cfg.epochs):
-        batches = epoch_batches(store.n_rows, cfg.batch_size, cfg.seed, epoch)
-        shares = [BatchShare(len(b), world) for b in batches]
-        skip = state["step_in_epoch"] if epoch == state["epoch"] else 0
-        head.train()
-        if skip == 0:
-            state["sums"] = {}
-        sums: dict[str, float] = state["sums"]
-        bar = tqdm(total=len(batches), initial=skip, desc=f"train epoch {epoch + 1}/{cfg.epochs}",
-                   unit="step", disable=not progress, dynamic_ncols=True)
-        mine = [b[sh.rows()] for b, sh in zip(batches, shares)]  # each process reads its part of every batch
-        for step, batch in enumerate(batch_loader(cfg.features, names, mine[skip:], workers), start=skip):
-            share = shares[step]
-            maps = _to_maps(batch, hc.grid, device)
-            if cfg.augment:
-                g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + state["global_step"])
-                maps = apply_symmetries(maps, draw_symmetries(share.n_rows, g)[share.rows()])
-            labels = batch["labels"].to(device)
-            # The forward pass moves the batch-norm statistics: keep them to undo a step that goes bad.
-            buffers = {k: v.detach().clone() for k, v in head.named_buffers()}
-            losses = compute_losses(model, chead, maps, labels, cfg, bank, share)
-            values = share.values(losses)  # the whole batch's, so every process takes the same decisions
-            bad = None if math.isfinite(values["total"]) else f"loss became {values['total']}"
-            if bad is None:
-                opt.zero_grad(set_to_none=True)
-                losses["total"].backward()
-                grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-                if not torch.isfinite(grad_norm):
-                    bad = f"gradient became {grad_norm.item()} (loss {values['total']:.4g})"
-            if bad is not None:
-                _stop_on_nonfinite(run, head, buffers, values, bad, epoch, step, save=world.is_main)
-            opt.step()
-            sched.step()
-            state["global_step"] += 1
-            state["step_in_epoch"] = step + 1
-            for k, v in values.items():
-                sums[k] = sums.get(k, 0.0) + v
-            last_loss = values["total"]
-            bar.set_postfix({k: f"{v:.3f}" for k, v in values.items()})
-            bar.update(1)
-            if world.is_main and state["global_step"] % cfg.checkpoint_every == 0:
-                _save_checkpoint(run, head, opt, sched, bank, state)
-        bar.close()
-        if world.is_main:
-            _end_epoch(run, head, opt, sched, bank, val, device, state, epoch, len(batches), start, progress)
-        state = world.broadcast(state)  # the other processes wait for rank 0's validation and records
+    every = cfg.record_every(per_epoch)
+    head.train()
+    bar = tqdm(total=total_steps, initial=state["global_step"], desc="train", unit="step", disable=not progress,
+               dynamic_ncols=True)
+    for step, batch, share in _steps(cfg, store.n_rows, per_epoch, total_steps, state["global_step"], names,
+                                     workers, world):
+        maps = _to_maps(batch, hc.grid, device)
+        if cfg.augment:
+            g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+            maps = apply_symmetries(maps, draw_symmetries(share.n_rows, g)[share.rows()])
+        labels = batch["labels"].to(device)
+        # The forward pass moves the batch-norm statistics: keep them to undo a step that goes bad.
+        buffers = {k: v.detach().clone() for k, v in head.named_buffers()}
+        losses = compute_losses(model, chead, maps, labels, cfg, bank, share, weighting, step)
+        values = share.values(losses)  # the whole batch's, so every process takes the same decisions
+        bad = None if math.isfinite(values["total"]) else f"loss became {values['total']}"
+        if bad is None:
+            opt.zero_grad(set_to_none=True)
+            losses["total"].backward()
+            if weighting.learned and world.spread:  # outside DDP: average its gradient as DDP does the head's
+                weighting.log_vars.grad = all_reduce_sum(weighting.log_vars.grad) / world.world_size
+            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+            if not torch.isfinite(grad_norm):
+                bad = f"gradient became {grad_norm.item()} (loss {values['total']:.4g})"
+        if bad is not None:
+            _stop_on_nonfinite(run, head, buffers, values, bad, step // per_epoch, step % per_epoch,
+                               save=world.is_main)
+        weights = weighting.weights(step)
+        opt.step()
+        sched.step()
+        state["global_step"] = step + 1
+        for k, v in values.items():
+            state["sums"][k] = state["sums"].get(k, 0.0) + v
+        last_loss = values["total"]
+        bar.set_postfix({k: f"{v:.3f}" for k, v in values.items()})
+        bar.update(1)
+        if world.is_main and (step + 1) % cfg.log_every == 0:
+            log.info(json.dumps({"step": step + 1, "lr": sched.get_last_lr()[0],
+                                 **{f"loss_{k}": round(v, 6) for k, v in values.items()},
+                                 **{f"w_{k}": round(weights[k], 6) for k in values if k in weights}}))
+        if (step + 1) % every == 0 or step + 1 == total_steps:
+            if world.is_main:
+                _record(run, head, weighting, opt, sched, bank, val, device, state, every, per_epoch, weights,
+                        start, progress)
+            state = world.broadcast(state)  # the other processes wait for rank 0's validation and records
+        elif world.is_main and (step + 1) % cfg.checkpoint_every == 0:
+            _save_checkpoint(run, head, weighting, opt, sched, bank, state)
+    bar.close()
     return TrainResult(run, n_trainable, last_loss, state["best"], time.perf_counter() - start)
+
+
+def lr_factor(step: int, total: int, warmup: int, power: float) -> float:
+    """The lr multiplier after `step` steps: linear warm-up over `warmup` steps, then poly decay to 0 at
+    `total` ((1 - progress) ** power, progress counted from the end of the warm-up)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return max(0.0, 1 - (step - warmup) / max(1, total - warmup)) ** power
+
+
+def _steps(cfg: TrainConfig, n_rows: int, per_epoch: int, total: int, first: int, names: list[str], workers: int,
+           world: World):
+    """(global step, this process's part of its batch, its share) from `first` to `total`: epochs of seeded
+    permutations, the last one cut short where the step budget ends."""
+    for epoch in range(first // per_epoch, math.ceil(total / per_epoch)):
+        batches = epoch_batches(n_rows, cfg.batch_size, cfg.seed, epoch)
+        lo, hi = max(first - epoch * per_epoch, 0), min(total - epoch * per_epoch, per_epoch)
+        shares = [BatchShare(len(b), world) for b in batches[lo:hi]]
+        mine = [b[sh.rows()] for b, sh in zip(batches[lo:hi], shares)]  # each process reads its part
+        for i, batch in enumerate(batch_loader(cfg.features, names, mine, workers)):
+            yield epoch * per_epoch + lo + i, batch, shares[i]
+
+
+def describe_plan(cfg: TrainConfig, store: FeatureStore, per_epoch: int, total: int, n_trainable: int) -> list[str]:
+    """The one-line plan printed at start, and a warning when it is too short to learn every class."""
+    epochs = total / per_epoch
+    warmup = round(cfg.warmup * total)
+    terms = [f"cls {cfg.w_cls:g}"] + [f"{name} {w:g}" for name, w, on in (
+        ("distill", cfg.w_distill, cfg.distill), ("contrast", cfg.w_contrast, cfg.contrast)) if on]
+    ramp = f", ramped in over {round(cfg.aux_ramp * total)} steps" if cfg.aux_ramp and len(terms) > 1 else ""
+    lines = [f"plan: {store.n_rows} tiles, batch {cfg.batch_size}, {total} steps ({epochs:.3g} epochs), "
+             f"lr {cfg.lr:g} ({cfg.optimizer}, warm-up {warmup} steps, poly {cfg.poly_power:g}), "
+             f"loss weights {cfg.loss_weighting}: {', '.join(terms)}{ramp}; "
+             f"{n_trainable:,} trainable parameters"]
+    counts = store.labels.sum(axis=0).astype(int)
+    seen = counts * total * cfg.batch_size / max(1, store.n_rows)  # positive examples of each class over the plan
+    rare = int(seen.argmin())
+    if counts[rare] > 0 and seen[rare] < MIN_CLASS_EXAMPLES:
+        need = math.ceil(MIN_CLASS_EXAMPLES * store.n_rows / (counts[rare] * cfg.batch_size))
+        lines.append(f"WARNING: this plan is too short to learn every class: {store.classes.names[rare]} "
+                     f"({counts[rare]} tiles) is seen {seen[rare]:.0f} times, fewer than {MIN_CLASS_EXAMPLES:,}; "
+                     f"use --steps {need} or more")
+    return lines
 
 
 def _optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
@@ -252,12 +307,15 @@ def _optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter]) -> torch.opti
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def _end_epoch(run: Path, head, opt, sched, bank, val, device, state: dict, epoch: int, n_batches: int,
-               start: float, progress: bool) -> None:
-    """Rank 0's epoch end: last (and best) head, the epoch's record, a resumable checkpoint."""
-    n = max(1, n_batches)
-    record = {"epoch": epoch + 1, "step": state["global_step"], "lr": sched.get_last_lr()[0],
-              **{f"loss_{k}": v / n for k, v in state["sums"].items()}, "seconds": time.perf_counter() - start}
+def _record(run: Path, head, weighting, opt, sched, bank, val, device, state: dict, every: int, per_epoch: int,
+            weights: dict[str, float], start: float, progress: bool) -> None:
+    """Rank 0, every `every` steps and at the end: last (and best) head, a metrics record, a checkpoint."""
+    step = state["global_step"]
+    n = (step - 1) % every + 1  # steps since the previous record
+    record = {"step": step, "epoch": round(step / per_epoch, 3), "lr": sched.get_last_lr()[0],
+              **{f"loss_{k}": v / n for k, v in state["sums"].items()},
+              **{f"w_{k}": weights[k] for k in state["sums"] if k in weights},
+              "seconds": time.perf_counter() - start}
     save_head(head, run / HEAD_FILES["last"])
     if val is not None:
         v = validate(head, val, device)
@@ -265,18 +323,19 @@ def _end_epoch(run: Path, head, opt, sched, bank, val, device, state: dict, epoc
         if state["best"] is None or v["mIoU"] > state["best"]:
             state["best"] = v["mIoU"]
             save_head(head, run / HEAD_FILES["best"])
-    state["epoch"], state["step_in_epoch"] = epoch + 1, 0
+    state["sums"] = {}
     state["records"] = [*state["records"], record]
-    _write_metrics(run, state["records"])  # rewritten whole: a redone epoch never appears twice
-    _save_checkpoint(run, head, opt, sched, bank, state)
+    _write_metrics(run, state["records"])  # rewritten whole: a redone interval never appears twice
+    _save_checkpoint(run, head, weighting, opt, sched, bank, state)
     log.info(json.dumps(record))
     if progress:
-        tqdm.write("epoch %d: %s" % (epoch + 1, ", ".join(
-            f"{k}={v:.4f}" for k, v in record.items() if isinstance(v, float) and k != "seconds")))
+        tqdm.write("step %d: %s" % (step, ", ".join(
+            f"{k}={v:.4f}" for k, v in record.items() if isinstance(v, float) and k not in ("seconds", "epoch"))))
 
 
-def _save_checkpoint(run: Path, head, opt, sched, bank, state: dict) -> None:
-    ck = {"head": head.state_dict(), "optim": opt.state_dict(), "sched": sched.state_dict(),
+def _save_checkpoint(run: Path, head, weighting, opt, sched, bank, state: dict) -> None:
+    ck = {"head": head.state_dict(), "weighting": weighting.state_dict(), "optim": opt.state_dict(),
+          "sched": sched.state_dict(),
           "bank": bank.state_dict() if bank is not None else None, "state": dict(state)}
     with atomic_output(run / CHECKPOINT) as tmp:
         torch.save(ck, tmp)

@@ -159,6 +159,6 @@ def test_bad_settings(stores, tmp_path):
     code, output = run_cli("--features", stores["train"], "--out", tmp_path / "r", "--batch-size", "1", "--quiet")
     assert_one_error(code, output, "batch size")
     cfg = tmp_path / "c.toml"
-    cfg.write_text("lr = 0.1\nwarmup = 3\n")
+    cfg.write_text("lr = 0.1\nmomentum = 3\n")
     code, output = run_cli("--features", stores["train"], "--out", tmp_path / "r", "--config", cfg, "--quiet")
-    assert_one_error(code, output, "unknown settings warmup")
+    assert_one_error(code, output, "unknown settings momentum")

@@ -137,7 +137,7 @@ def _nan_at_step(monkeypatch, k: int, where: str) -> dict:
     calls, seen = {"n": 0}, {}
     orig = trainer.compute_losses
 
-    def wrapped(head, chead, maps, labels, cfg, bank, share=None):
+    def wrapped(head, chead, maps, labels, cfg, bank, *rest):
         calls["n"] += 1
         if calls["n"] == k:
             seen["state"] = {n: v.detach().clone() for n, v in head.state_dict().items()}
@@ -145,7 +145,7 @@ def _nan_at_step(monkeypatch, k: int, where: str) -> dict:
                 maps = dict(maps)
                 maps["conch_b9"] = maps["conch_b9"].clone()
                 maps["conch_b9"][0, 0, 0, 0] = float("inf")
-        losses = orig(head, chead, maps, labels, cfg, bank, share)
+        losses = orig(head, chead, maps, labels, cfg, bank, *rest)
         if calls["n"] == k and where == "loss":
             losses["cls"] = losses["cls"] * float("nan")
             losses["total"] = losses["total"] + losses["cls"]

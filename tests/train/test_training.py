@@ -64,7 +64,7 @@ def test_run_folder_holds_everything(demo_run, stores):
     assert meta["store"]["n_rows"] == store.n_rows
 
     log = (run / "train.log").read_text()
-    assert f"trainable parameters: {result.n_trainable:,}" in log
+    assert f"{result.n_trainable:,} trainable parameters" in log and "plan: 60 tiles, batch 10" in log
 
     records = metrics(run)
     assert [r["epoch"] for r in records] == list(range(1, cfg.epochs + 1))
