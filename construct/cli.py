@@ -131,10 +131,12 @@ def extract(data, split, out, conch, segformer, classes, image_size, batch_size,
               help="Trained run: the gallery shows its learned prototypes instead of the text embeddings.")
 @click.option("--allow-missing", is_flag=True, help="Count missing predictions instead of failing.")
 @click.option("--baselines", is_flag=True, help="Also score all-background and labelled-everywhere predictions.")
+@click.option("--ablation", type=click.Path(path_type=Path), default=None,
+              help="Folder from `construct ablate`: the report shows its table.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @user_errors
 def eval_cmd(pred, data, split, protocol, classes, json_path, report_path, features, run, allow_missing, baselines,
-             quiet) -> None:
+             ablation, quiet) -> None:
     """Score predicted masks with the paper's protocol and print the comparison table."""
     from construct.data.classes import load_classes
     from construct.evaluate.run import evaluate_predictions
@@ -143,32 +145,56 @@ def eval_cmd(pred, data, split, protocol, classes, json_path, report_path, featu
     result = evaluate_predictions(
         pred, data, split, protocol=protocol, classes=load_classes(classes), allow_missing=allow_missing,
         json_path=json_path, report_path=report_path, features=features, progress=not quiet,
-        baselines=baselines, run=run,
+        baselines=baselines, run=run, ablation=ablation,
     )
     click.echo(format_table(result))
 
 
+# train's settings, shared by `train` and `ablate` (same names, same meaning).
+TRAIN_OPTIONS = (
+    click.option("--preset", type=click.Choice(["paper", "demo"]), default="paper", show_default=True,
+                 help="paper: the paper's settings; demo: a short schedule that carries to small real sets."),
+    click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
+                 help="JSON/TOML file of settings (between preset and flags)."),
+    click.option("--steps", type=int, default=None,
+                 help="Optimiser steps: warm-up, then poly decay over them [paper: 4684, its 2 epochs of BCSS-WSSS]."),
+    click.option("--epochs", type=float, default=None, help="Instead of --steps: passes over the store, converted to steps."),
+    click.option("--batch-size", type=int, default=None, help="[paper: 10]"),
+    click.option("--lr", type=float, default=None, help="AdamW learning rate, poly decay [paper: 2e-5]."),
+    click.option("--warmup", type=float, default=None, help="Fraction of the steps with a linear lr warm-up [paper: 0]."),
+    click.option("--loss-weighting", type=click.Choice(["fixed", "uncertainty"]), default=None,
+                 help="fixed: the preset's weights (paper 1/1.5/0.2); uncertainty: learned (Kendall et al. 2018)."),
+    click.option("--aux-ramp", type=float, default=None,
+                 help="Fraction of the steps over which distillation and contrast weights rise from 0 [paper: 0]."),
+    click.option("--augment/--no-augment", default=None,
+                 help="Random flips/rotations of the stored feature maps [default: the preset's]."),
+    click.option("--seed", type=int, default=None, help="[default: 0]"),
+    click.option("--device", default=None, help="auto, cpu, cuda, ..."),
+    click.option("--workers", type=int, default=None, help="Store reading processes [default: 0 on CPU, 1 with a GPU]."),
+)
+TRAIN_FLAGS = ("steps", "epochs", "batch_size", "lr", "warmup", "loss_weighting", "aux_ramp", "augment", "seed",
+               "device", "workers")
+
+
+def train_options(fn: Callable) -> Callable:
+    for option in reversed(TRAIN_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
 @main.command()
 @click.option("--features", type=click.Path(path_type=Path), required=True, help="Train feature store (from `construct extract`).")
-@click.option("--val-features", type=click.Path(path_type=Path), default=None, help="Validation store: per-epoch mIoU, best head kept.")
+@click.option("--val-features", type=click.Path(path_type=Path), default=None, help="Validation store: mIoU every epoch (at most 30 times), best head kept.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Run folder [default: runs/construct].")
-@click.option("--preset", type=click.Choice(["paper", "demo"]), default="paper", show_default=True,
-              help="paper: the paper's schedule; demo: tuned for synthetic data on CPU.")
-@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, help="JSON/TOML file of settings (between preset and flags).")
-@click.option("--epochs", type=int, default=None, help="[paper: 2]")
-@click.option("--batch-size", type=int, default=None, help="[paper: 10]")
-@click.option("--lr", type=float, default=None, help="AdamW learning rate, poly decay [paper: 2e-5].")
-@click.option("--seed", type=int, default=None, help="[default: 0]")
+@train_options
 @click.option("--no-distill", is_flag=True, help="Ablation: no structural distillation.")
 @click.option("--no-contrast", is_flag=True, help="Ablation: no FG/BG contrastive term.")
 @click.option("--no-text-init", is_flag=True, help="Ablation: random prototypes instead of CONCH text embeddings.")
-@click.option("--device", default=None, help="auto, cpu, cuda, ...")
-@click.option("--workers", type=int, default=None, help="Store reading processes [default: 0 on CPU, 1 with a GPU].")
 @click.option("--resume", is_flag=True, help="Continue a killed run in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @user_errors
-def train(features, val_features, out, preset, config_file, epochs, batch_size, lr, seed, no_distill, no_contrast,
-          no_text_init, device, workers, resume, quiet) -> None:
+def train(features, val_features, out, preset, config_file, no_distill, no_contrast, no_text_init, resume, quiet,
+          **flags) -> None:
     """Learn the ConStruct head (adapters, prototypes, projections) from a feature store only."""
     from construct.distributed import is_main_process
     from construct.head.io import read_run_config
@@ -179,14 +205,13 @@ def train(features, val_features, out, preset, config_file, epochs, batch_size, 
     if resume:  # a resumed run keeps the settings it was started with
         saved = read_run_config(out)["train"]
         # The run folder may have moved; where it runs (device, loader processes) may change too.
-        saved.update(out=str(out), **{k: v for k, v in (("device", device), ("workers", workers)) if v is not None})
+        saved.update(out=str(out), **{k: flags[k] for k in ("device", "workers") if flags[k] is not None})
         cfg = resolve_config(saved["preset"], None, **{k: v for k, v in saved.items() if k != "preset"})
     else:
         cfg = resolve_config(
             preset, config_file, features=str(features), val_features=str(val_features) if val_features else None,
-            out=str(out), epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-            distill=False if no_distill else None, contrast=False if no_contrast else None,
-            text_init=False if no_text_init else None, device=device, workers=workers,
+            out=str(out), distill=False if no_distill else None, contrast=False if no_contrast else None,
+            text_init=False if no_text_init else None, **{k: flags[k] for k in TRAIN_FLAGS},
         )
     from construct.store import FeatureStore
 
@@ -198,6 +223,43 @@ def train(features, val_features, out, preset, config_file, epochs, batch_size, 
     best = f", best val mIoU {result.best_miou:.2f}" if result.best_miou is not None else ""
     click.echo(f"run: {result.run} ({result.n_trainable:,} trainable parameters; final loss "
                f"{result.final_loss:.4f}{best}; {result.seconds:.1f} s)")
+
+
+@main.command()
+@click.option("--features", type=click.Path(path_type=Path), required=True, help="Train feature store.")
+@click.option("--val-features", type=click.Path(path_type=Path), required=True,
+              help="Validation store (model selection; the score without --data).")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Folder: a run per variant, ablation.json, ablation.md (rerunning skips finished variants).")
+@click.option("--variants", default="full,no-distill,no-contrast,no-text-init,bce-only", show_default=True,
+              help="Comma-separated subset.")
+@click.option("--data", type=click.Path(path_type=Path), default=None,
+              help="Dataset root: refine (gate gt) and score each variant on --split.")
+@click.option("--split", type=click.Choice(["valid", "test"]), default="test", show_default=True)
+@click.option("--crf-workers", type=int, default=2, show_default=True, help="CRF processes of refine.")
+@train_options
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@user_errors
+def ablate(features, val_features, out, variants, data, split, crf_workers, preset, config_file, quiet,
+           **flags) -> None:
+    """Train the paper's ablation variants from one store with one seed and schedule, and tabulate them.
+
+    \b
+    Variants: full, no-distill, no-contrast, no-text-init, bce-only. Each is an ordinary run in
+    OUT/<variant>/; OUT/ablation.json maps each to its metrics (eval's keys with --data, else the
+    validation mIoU/mDice/IoU of its best head). Under torchrun the variants are shared out.
+    """
+    from construct.ablate import AblateConfig, parse_variants, run_ablation
+    from construct.distributed import is_main_process
+    from construct.store import FeatureStore
+
+    train_flags = {"features": str(features), "val_features": str(val_features), **{k: flags[k] for k in TRAIN_FLAGS}}
+    cfg = AblateConfig(out=out, preset=preset, config_file=config_file, train_flags=train_flags,
+                       variants=parse_variants(variants), data=data, split=split, crf_workers=crf_workers,
+                       progress=not quiet)
+    if is_main_process():
+        warn_random(FeatureStore.open(features).recipes.values())
+    run_ablation(cfg, echo=click.echo)
 
 
 @main.command()

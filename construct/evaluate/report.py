@@ -17,6 +17,7 @@ from PIL import Image
 
 from construct.data.classes import ClassSet
 from construct.data.dataset import read_image, read_mask
+from construct.evaluate.ablation import ablation_html
 from construct.evaluate.collect import Collected, prediction_path
 from construct.evaluate.draw import confusion_image, mask_labels, overlay, score_bars, thumbnail
 from construct.evaluate.gallery import GalleryEntry
@@ -163,8 +164,10 @@ def render_report(
     tiles: dict[str, list[TileView]],
     gallery: list[GalleryEntry] | None = None,
     gallery_source: str = "CONCH text embeddings of the class descriptions",
+    ablation: dict[str, dict] | None = None,
 ) -> str:
-    """The whole report as one HTML string; `gallery_source` says which prototypes the gallery used."""
+    """The whole report as one HTML string; `gallery_source` says which prototypes the gallery used;
+    `ablation` (what `construct ablate` wrote) adds its table."""
     title = f"construct eval: {result['split']} split, {result['protocol']} protocol"
     warnings = [w for w, on in (("randomly initialised backbones", result.get("random_weights")),
                                 ("synthetic data", result.get("synthetic"))) if on]
@@ -181,6 +184,7 @@ def render_report(
 {banner}
 <h2>Comparison with the paper (Table 2 layout)</h2>
 {_table_html(result)}
+{ablation_html(ablation) if ablation else ""}
 <h2>Confusion matrix</h2>
 <figure>{_img(confusion_image(conf, mask_labels(classes)), "confusion matrix")}
 <figcaption>Rows: ground truth; columns: prediction. Shade and % by row; pixel counts below.</figcaption></figure>

@@ -13,6 +13,7 @@ from construct.data.dataset import list_split
 from construct.atomic import write_text_atomic
 from construct.errors import ConstructError
 from construct.evaluate.baselines import baseline_scores
+from construct.evaluate.ablation import read_ablation
 from construct.evaluate.collect import Collected, collect
 from construct.evaluate.gallery import prototype_gallery
 from construct.evaluate.metrics import PROTOCOLS, Scores, apply_protocol, scores
@@ -97,17 +98,20 @@ def evaluate_predictions(
     gallery_k: int = GALLERY_K,
     baselines: bool = False,
     run: Path | str | None = None,
+    ablation: Path | str | None = None,
 ) -> dict:
     """Score `pred_dir/<stem>.png` against the split's ground truth; see `build_result` for the dict.
 
     Adds "random_weights" and "synthetic" (None when unknown). `features` (the train feature store)
     is only used for the report's prototype gallery, whose prototypes are the learned ones of `run` when
     given, else the class descriptions' CONCH text embeddings. `baselines` adds "baselines": the trivial
-    predictions of `construct.evaluate.baselines` scored on the same images and protocol.
+    predictions of `construct.evaluate.baselines` scored on the same images and protocol. `ablation`, a
+    folder written by `construct ablate`, puts its table in the report.
     """
     if protocol not in PROTOCOLS:
         raise ConstructError(f"unknown protocol {protocol!r} (expected one of {', '.join(PROTOCOLS)})")
     pred_dir, data_dir = Path(pred_dir), Path(data_dir)
+    table = read_ablation(Path(ablation)) if ablation is not None else None  # a bad folder fails first
     samples = list_split(data_dir, split, classes)
     collected = collect(pred_dir, samples, classes, allow_missing=allow_missing, progress=progress)
     result = build_result(collected, classes, protocol, split)
@@ -126,5 +130,5 @@ def evaluate_predictions(
                 prototypes, source = learned_prototypes(run), f"learned by the run {run}"
             gallery = prototype_gallery(features, gallery_k, prototypes)
         tiles = example_tiles(collected, pred_dir, classes, protocol)
-        write_text_atomic(Path(report_path), render_report(result, classes, tiles, gallery, source))
+        write_text_atomic(Path(report_path), render_report(result, classes, tiles, gallery, source, table))
     return result

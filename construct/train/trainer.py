@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from construct.atomic import atomic_output, write_text_atomic
 from construct.backbones.conch import ContrastiveHead
 from construct.backbones.weights import seeded_init
-from construct.distributed import World, all_reduce_sum, session
+from construct.distributed import World, all_reduce_sum, env_world, process_device, session
 from construct.errors import ConstructError
 from construct.head.io import HEAD_FILES, RUN_CONFIG, read_run_config, save_head, write_run_config
 from construct.head.model import ConStructHead, HeadConfig
@@ -113,9 +113,12 @@ def _setup_logging(run: Path) -> logging.Handler:
     return handler
 
 
-def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> TrainResult:
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, alone: bool = False) -> TrainResult:
     """Train (or resume) a run. Under torchrun the processes share each batch in DDP and take the step one
-    process would; rank 0 alone writes the run folder."""
+    process would; rank 0 alone writes the run folder. `alone`: this process trains the run by itself
+    (on its torchrun device), as `construct ablate` has each process train its own variants."""
+    if alone:
+        return _start(cfg, resume, progress, World(), process_device(cfg.device, env_world()))
     with session(cfg.device) as (world, device):
         return _start(cfg, resume, progress and world.is_main, world, device)
 
