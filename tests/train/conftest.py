@@ -46,6 +46,8 @@ def make_cfg(stores, tmp_path):
     def make(preset: str = "demo", out: Path | str | None = None, **overrides) -> TrainConfig:
         base = dict(features=str(stores["train"]), val_features=str(stores["valid"]),
                     out=str(out or tmp_path / "run"), workers=0, device="cpu", epochs=1)
+        if "steps" in overrides:
+            base.pop("epochs")
         base.update(overrides)
         return resolve_config(preset, None, **base)
 
