@@ -65,9 +65,9 @@ def fused_cam_params(head: ConStructHead, maps: dict[str, torch.Tensor]) -> set[
     return found
 
 
-def reached(term: str, head: ConStructHead, chead, maps, labels) -> set[str]:
+def reached(term: str, head: ConStructHead, chead, maps, labels, **settings) -> set[str]:
     """Parameters that `term` alone, as training computes it, gives a non-zero gradient."""
-    cfg = TrainConfig(features="unused")
+    cfg = TrainConfig(features="unused", **settings)
     bank = MemoryBank(cfg.bank_size, EMBED)
     bank.push(torch.nn.functional.normalize(torch.randn(16, EMBED), dim=-1))  # a bank with past negatives
     head.train()
@@ -96,8 +96,11 @@ def test_each_loss_alone_reaches_the_fused_cam(term, perturbed, contrastive_head
         # the distilled level (3) is itself a CAM level: its adapter is trained by distillation
         assert any(n.startswith("adapters.3.") for n in hit), sorted(hit)
     if term == "contrast":
-        # through the soft FG/BG masks (the CAM), not only through the prototypes
-        assert any(n.startswith(("adapters.", "adaptive.")) for n in hit), sorted(hit)
+        # by default through the prototypes only (the masks are read without gradient)...
+        assert hit == {"prototypes"}, sorted(hit)
+        # ...and, when asked, through the soft FG/BG masks (the CAM) too
+        masks = reached(term, head, contrastive_head, maps, labels, contrast_mask_grad=True) & cam_params
+        assert any(n.startswith("adapters.") for n in masks), sorted(masks)
 
 
 def _detach_output(out: HeadOutput) -> HeadOutput:
@@ -141,8 +144,9 @@ def test_contrast_mask_path_alone_reaches_the_adapters(contrastive_head, monkeyp
     orig = objective.fg_bg_contrastive_loss
     monkeypatch.setattr(objective, "fg_bg_contrastive_loss",
                         lambda fg, bg, c, p, bank, tau: orig(fg, bg, c, p.detach(), bank, tau))
-    hit = reached("contrast", head, contrastive_head, maps, labels) & fused_cam_params(head, maps)
-    assert any(n.startswith("adapters.") for n in hit), sorted(hit)
+    hit = reached("contrast", head, contrastive_head, maps, labels, contrast_mask_grad=True)
+    assert any(n.startswith("adapters.") for n in hit & fused_cam_params(head, maps)), sorted(hit)
+    assert not reached("contrast", head, contrastive_head, maps, labels)  # the default: masks without gradient
 
 
 def test_a_distilled_level_must_feed_a_cam():
