@@ -322,12 +322,12 @@ def refine(run, data, split, images, out, gate, pred_threshold, no_tta, no_crf, 
 @click.option("--train", "n_train", type=int, default=200, show_default=True, help="Synthetic training tiles.")
 @click.option("--valid", "n_valid", type=int, default=40, show_default=True, help="Synthetic validation tiles.")
 @click.option("--test", "n_test", type=int, default=40, show_default=True, help="Synthetic test tiles.")
-@click.option("--epochs", type=int, default=None, help="Training epochs [default: the demo preset's].")
+@click.option("--steps", type=int, default=None, help="Training steps [default: the demo preset's, 720].")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--workers", type=int, default=2, show_default=True, help="CRF processes.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @user_errors
-def demo(out, n_train, n_valid, n_test, epochs, seed, workers, quiet) -> None:
+def demo(out, n_train, n_valid, n_test, steps, seed, workers, quiet) -> None:
     """The whole pipeline on synthetic data with random-tiny backbones: no download, no GPU.
 
     synth -> extract (train, valid) -> train (demo preset) -> refine (test) -> eval, each printed with
@@ -337,7 +337,7 @@ def demo(out, n_train, n_valid, n_test, epochs, seed, workers, quiet) -> None:
     from construct.evaluate.table import format_table
 
     click.secho(RANDOM_WARNING.format(specs="conch=random-tiny, segformer=random-tiny"), fg="yellow", err=True)
-    cfg = DemoConfig(out=out, n_train=n_train, n_valid=n_valid, n_test=n_test, seed=seed, epochs=epochs,
+    cfg = DemoConfig(out=out, n_train=n_train, n_valid=n_valid, n_test=n_test, seed=seed, steps=steps,
                      crf_workers=workers, progress=not quiet)
     result = run_demo(cfg, echo=click.echo)
     click.echo("\n" + format_table(result.metrics) + "\n")

@@ -31,7 +31,7 @@ class DemoConfig:
     n_valid: int = 40
     n_test: int = 40
     seed: int = 0
-    epochs: int | None = None  # None: the demo preset's
+    steps: int | None = None  # None: the demo preset's
     crf_workers: int = 2
     progress: bool = True
 
@@ -87,7 +87,7 @@ def _phases(cfg: DemoConfig) -> list[tuple[str, str, Callable[[], str]]]:
 
     def train_head() -> str:
         tc = resolve_config(DEMO_PRESET, None, features=str(cfg.features / "train.zarr"),
-                            val_features=str(cfg.features / "valid.zarr"), out=str(cfg.run), epochs=cfg.epochs,
+                            val_features=str(cfg.features / "valid.zarr"), out=str(cfg.run), steps=cfg.steps,
                             seed=cfg.seed, device="cpu")
         r = train(tc, resume=(cfg.run / RUN_CONFIG).is_file(), progress=cfg.progress)
         return f"{r.n_trainable:,} trainable parameters, best val mIoU {r.best_miou:.2f}"
@@ -108,7 +108,7 @@ def _phases(cfg: DemoConfig) -> list[tuple[str, str, Callable[[], str]]]:
         ("extract valid", f"construct extract --data {cfg.data} --split valid --out {o}/features/valid.zarr "
                           f"--conch {DEMO_BACKBONE} --segformer {DEMO_BACKBONE}", extract_split("valid")),
         ("train", f"construct train --features {o}/features/train.zarr --val-features {o}/features/valid.zarr "
-                  f"--out {cfg.run} --preset {DEMO_PRESET}" + (f" --epochs {cfg.epochs}" if cfg.epochs else ""),
+                  f"--out {cfg.run} --preset {DEMO_PRESET}" + (f" --steps {cfg.steps}" if cfg.steps else ""),
          train_head),
         ("refine", f"construct refine --run {cfg.run} --data {cfg.data} --split test --out {cfg.predictions}",
          refine_test),

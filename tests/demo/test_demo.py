@@ -8,8 +8,8 @@ from click.testing import CliRunner
 
 from construct.cli import main
 
-# Reduced from the defaults (200/40/40, 6 epochs) to keep the suite quick; still clearly learnable.
-SIZE = ["--train", "60", "--valid", "12", "--test", "12", "--epochs", "4"]
+# Reduced from the defaults (200/40/40, 720 steps) to keep the suite quick; still clearly learnable.
+SIZE = ["--train", "60", "--valid", "12", "--test", "12", "--steps", "120"]
 # How far above the stronger baseline the demo must land (mIoU points), so "beats" is not noise.
 MARGIN = 10.0
 

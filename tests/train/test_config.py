@@ -17,7 +17,7 @@ def test_layers_apply_in_order(tmp_path):
     f = tmp_path / "c.toml"
     f.write_text("lr = 0.5\nepochs = 4\n")
     cfg = resolve_config("demo", f, epochs=9)
-    assert (cfg.lr, cfg.epochs, cfg.w_contrast) == (0.5, 9, 0.02)
+    assert (cfg.lr, cfg.epochs, cfg.steps, cfg.warmup) == (0.5, 9, None, 0.05)
     assert TrainConfig().lr == 2e-5 and resolve_config("paper").batch_size == 10
 
 
