@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from construct.backbones.weights import seeded_init
+from construct.seeding import seeded_init
 from construct.head.io import load_head
 from construct.head.model import ConStructHead
 from construct.store import FeatureStore
