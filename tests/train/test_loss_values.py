@@ -175,7 +175,8 @@ def class_margin(head: ConStructHead, maps, labels) -> float:
 def test_bce_step_raises_present_classes_over_absent_ones(pooler):
     maps, labels = toy_batch()
     head, cfg = toy_head().eval(), config()  # eval: batch norm is the same before and after the step
-    before, margin = compute_losses(head, pooler, maps, labels, cfg, None)["cls"].item(), class_margin(head, maps, labels)
+    before = compute_losses(head, pooler, maps, labels, cfg, None)["cls"].item()
+    margin = class_margin(head, maps, labels)
     step_on("cls", head, pooler, maps, labels, cfg, lr=0.05)
     assert compute_losses(head, pooler, maps, labels, cfg, None)["cls"].item() < before
     assert class_margin(head, maps, labels) > margin
