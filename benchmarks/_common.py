@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from construct.backbones.conch import ContrastiveHead
+from construct.head.pooler import ContrastiveHead
 from construct.data.classes import BCSS
 from construct.data.synth import SynthConfig, make_synthetic_dataset
 from construct.head.model import ConStructHead, HeadConfig, tokens_to_map

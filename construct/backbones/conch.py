@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import copy
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,9 +18,10 @@ from construct.backbones.weights import (
     hub_download,
     is_random,
     load_state_dict_file,
-    seeded_init,
 )
 from construct.errors import ConstructError
+from construct.head.pooler import ContrastiveHead
+from construct.seeding import seeded_init
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -75,79 +74,13 @@ def build_coca(tiny: bool, image_size: int) -> nn.Module:
     return _conch_module("coca_model").CoCa(**conch_config(tiny, image_size))
 
 
-class ContrastiveHead(nn.Module):
-    """CONCH's frozen image head: final trunk norm → attentional pooler → ln → projection.
-
-    `weights` (B, N) in [0, 1] restrict which tokens the single query attends to, through an additive
-    log-mask, so the pooled embedding stays differentiable in a soft (CAM) mask.
-    """
-
-    def __init__(self, norm: nn.LayerNorm, pooler: nn.Module, ln_contrast: nn.LayerNorm, proj: torch.Tensor):
-        super().__init__()
-        self.norm = norm
-        self.pooler = pooler
-        self.ln_contrast = ln_contrast
-        self.proj = nn.Parameter(proj.detach().clone(), requires_grad=False)
-
-    @classmethod
-    def from_coca(cls, model: nn.Module) -> "ContrastiveHead":
-        v = model.visual
-        return cls(
-            copy.deepcopy(v.trunk.norm), copy.deepcopy(v.attn_pool_contrast),
-            copy.deepcopy(v.ln_contrast), v.proj_contrast,
-        )
-
-    @classmethod
-    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> "ContrastiveHead":
-        """Rebuild from the weights a store keeps, with widths read off the tensors."""
-        AttentionalPooler = _conch_module("transformer").AttentionalPooler
-        width = state["norm.weight"].shape[0]
-        embed = state["proj"].shape[0]
-        n_head = int(state["n_head"].item())
-        n_queries = state["pooler.query"].shape[0]
-        head = cls(nn.LayerNorm(width), AttentionalPooler(embed, width, n_head, n_queries),
-                   nn.LayerNorm(embed), state["proj"])
-        head.load_state_dict({k: v for k, v in state.items() if k != "n_head"})
-        return head
-
-    def export_state(self) -> dict[str, torch.Tensor]:
-        state = {k: v.detach().cpu().float() for k, v in self.state_dict().items()}
-        state["n_head"] = torch.tensor(float(self.pooler.attn.num_heads))
-        return state
-
-    @property
-    def embed_dim(self) -> int:
-        return self.proj.shape[0]
-
-    def pool_masked(self, tokens: torch.Tensor, weights: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-        """Embeddings of M soft regions per image: tokens (B, N, D), weights (B, M, N) → (B, M, E).
-
-        The pooler has a single learned query, so keys, values and the attention logits are computed
-        once per image and only the additive log-mask differs per region: M regions cost about one.
-        """
-        attn = self.pooler.attn
-        if attn._qkv_same_embed_dim:
-            wq, wk, wv = attn.in_proj_weight.chunk(3)
-        else:
-            wq, wk, wv = attn.q_proj_weight, attn.k_proj_weight, attn.v_proj_weight
-        bq, bk, bv = attn.in_proj_bias.chunk(3) if attn.in_proj_bias is not None else (None, None, None)
-        x = self.pooler.ln_k(self.norm(tokens))
-        b, n, _ = x.shape
-        h = attn.num_heads
-        e = attn.embed_dim
-        q = F.linear(self.pooler.ln_q(self.pooler.query[:1]), wq, bq).view(h, e // h)
-        k = F.linear(x, wk, bk).view(b, n, h, e // h)
-        v = F.linear(x, wv, bv).view(b, n, h, e // h)
-        logits = torch.einsum("hd,bnhd->bhn", q, k) / math.sqrt(e // h)  # (B, h, N)
-        logits = logits[:, None] + torch.log(weights.to(logits.dtype) + eps)[:, :, None, :]  # (B, M, h, N)
-        pooled = torch.einsum("bmhn,bnhd->bmhd", logits.softmax(dim=-1), v).reshape(b, -1, e)
-        pooled = attn.out_proj(pooled)
-        return F.normalize(self.ln_contrast(pooled) @ self.proj, dim=-1)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """CONCH's image embedding (B, E) of all tokens."""
-        ones = tokens.new_ones(tokens.shape[0], 1, tokens.shape[1])
-        return self.pool_masked(tokens, ones)[:, 0]
+def contrastive_head(model: nn.Module) -> ContrastiveHead:
+    """A copy of CoCa's frozen image head (final trunk norm, contrastive pooler, ln, projection)."""
+    v = model.visual
+    state = {"proj": v.proj_contrast.detach(), "n_head": torch.tensor(float(v.attn_pool_contrast.attn.num_heads))}
+    for prefix, module in (("norm", v.trunk.norm), ("pooler", v.attn_pool_contrast), ("ln_contrast", v.ln_contrast)):
+        state.update({f"{prefix}.{k}": t.detach() for k, t in module.state_dict().items()})
+    return ContrastiveHead.from_state_dict(state)
 
 
 # Shapes that identify each architecture this code can build (attention heads leave no trace in the
@@ -241,7 +174,7 @@ class ConchBackbone(nn.Module):
         super().__init__()
         self.trunk = model.visual.trunk
         self.text = model.text
-        self.contrastive_head = ContrastiveHead.from_coca(model)
+        self.contrastive_head = contrastive_head(model)
         self.recipe = recipe
         self.register_buffer("mean", torch.tensor(recipe.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(recipe.std).view(1, 3, 1, 1), persistent=False)

@@ -15,9 +15,9 @@ from construct.backbones.weights import (
     fingerprint,
     is_random,
     load_state_dict_file,
-    seeded_init,
 )
 from construct.errors import ConstructError
+from construct.seeding import seeded_init
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -1,11 +1,10 @@
-"""Resolving a backbone SPEC to weights: hub download, safe local loading, seeded random init, fingerprints."""
+"""Resolving a backbone SPEC to weights: hub download, safe local loading, fingerprints."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -14,20 +13,10 @@ from construct.errors import ConstructError
 
 RANDOM_SPECS = ("random", "random-tiny")
 HUB_PREFIX = "hf:"
-# Fixed seed for `random`/`random-tiny`: a spec must always give the same weights and fingerprint.
-RANDOM_INIT_SEED = 20260
 
 
 def is_random(spec: str) -> bool:
     return spec in RANDOM_SPECS
-
-
-@contextmanager
-def seeded_init(seed: int = RANDOM_INIT_SEED) -> Iterator[None]:
-    """Initialise modules from a fixed seed without disturbing the caller's RNG state."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
 
 
 def hub_download(repo_id: str, filename: str, flag: str) -> Path:

@@ -89,14 +89,30 @@ class ClassSet:
         )
 
 
-# The paper's Table 1 class descriptions (BCSS-WSSS).
+# Class prompts: Table 1 of the ConStruct paper (Le, Thach, Vu et al., MIDL 2026), word for word, straight
+# quotes as printed. The prototypes are initialised from CONCH's embeddings of these exact strings, so a
+# paraphrase would change the starting point of training. (The authors' config prefixes each with the code,
+# e.g. "Tumor (TUM) regions ...", and uses curly quotes; we follow the paper.)
+BCSS_TABLE1 = {
+    "TUM": "Tumor regions consist of malignant epithelial cells characterized by pleomorphic, hyperchromatic "
+           "nuclei, loss of glandular structure, and frequent mitotic figures, representing the core cancerous "
+           "lesions in breast tissue.",
+    "STR": "Stroma comprises the surrounding connective tissue, including fibroblasts and collagen fibers, often "
+           "appearing as pink fibrous structures and sometimes showing desmoplastic reactions to tumor invasion.",
+    "LYM": "Lymphocyte regions contain dense clusters of small immune cells with dark, round nuclei and minimal "
+           "cytoplasm, reflecting the host immune response within the tumor microenvironment.",
+    "NEC": "Necrosis represents areas of dead or dying tissue with pale, structureless eosinophilic regions, "
+           "nuclear debris, and \"ghost\" cell remnants, typically associated with aggressive tumor growth and "
+           "poor vascularization.",
+}
+
 BCSS = ClassSet(
     name="bcss",
     classes=(
-        TissueClass("TUM", "Tumor", "tumor epithelial tissue with densely packed, pleomorphic, hyperchromatic nuclei", 0, (255, 0, 0)),
-        TissueClass("STR", "Stroma", "stromal tissue with pink fibrous collagen and sparse spindle-shaped nuclei", 1, (0, 255, 0)),
-        TissueClass("LYM", "Lymphocyte", "lymphocytic infiltrate of densely packed small round dark nuclei", 2, (0, 0, 255)),
-        TissueClass("NEC", "Necrosis", "necrotic tissue with pale eosinophilic debris and fragmented nuclei", 3, (153, 0, 255)),
+        TissueClass("TUM", "Tumor", BCSS_TABLE1["TUM"], 0, (255, 0, 0)),
+        TissueClass("STR", "Stroma", BCSS_TABLE1["STR"], 1, (0, 255, 0)),
+        TissueClass("LYM", "Lymphocyte", BCSS_TABLE1["LYM"], 2, (0, 0, 255)),
+        TissueClass("NEC", "Necrosis", BCSS_TABLE1["NEC"], 3, (153, 0, 255)),
     ),
     background_index=4,
 )

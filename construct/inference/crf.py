@@ -2,11 +2,14 @@
 
 Kept free of torch so that the CRF worker processes start fast.
 
-Unary: -log of the scores normalised to sum to one per pixel (clipped at `PROB_FLOOR`). Normalising only
-shifts each pixel's unaries by a constant common to all labels, which mean-field inference ignores, so
-this is the same as the usual `unary_from_softmax(scores)`; the floor is what keeps -log finite.
+Unary: -log softmax of the scores over the channels, as the authors' code does (`F.softmax` of the
+fused CAMs and the background channel, then pydensecrf's `unary_from_softmax`, which clips at 1e-5). For
+scores in [0, 1] that is -score plus a per-pixel constant, so labels differ by at most one unit of unary
+energy and the pairwise terms do most of the work.
 Channels that are zero everywhere (classes gated out) are left out of the CRF, so they can never
-appear in a mask however strong the pairwise terms are.
+appear in a mask however strong the pairwise terms are. (The authors meant the same with their
+`pass_class_inds`, but they test it after the softmax, where every channel is positive, so in their
+code gated-out classes stay in the CRF.)
 """
 
 from __future__ import annotations
@@ -28,6 +31,15 @@ CRF_PARAMS = {
 }
 
 
+def softmax_unary(scores: np.ndarray) -> np.ndarray:
+    """(K, H, W) scores → (K, H*W) float32 unary energies: -log softmax over K, floored at `PROB_FLOOR`."""
+    k = scores.shape[0]
+    z = scores.astype(np.float64).reshape(k, -1)
+    z = z - z.max(axis=0, keepdims=True)  # exp cannot overflow
+    probs = np.exp(z) / np.exp(z).sum(axis=0, keepdims=True)
+    return np.ascontiguousarray(-np.log(np.maximum(probs, PROB_FLOOR)), dtype=np.float32)
+
+
 def crf_probabilities(image: np.ndarray, scores: np.ndarray, iterations: int = CRF_ITERATIONS) -> np.ndarray:
     """Mean-field marginals (K, H, W) over the K channels of `scores` (K, H, W) given an HxWx3 uint8 image."""
     import pydensecrf.densecrf as dcrf
@@ -35,11 +47,8 @@ def crf_probabilities(image: np.ndarray, scores: np.ndarray, iterations: int = C
     k, h, w = scores.shape
     if image.shape != (h, w, 3) or image.dtype != np.uint8:
         raise ValueError(f"image must be {h}x{w}x3 uint8 to match the scores, got {image.shape} {image.dtype}")
-    probs = scores.astype(np.float32) + PROB_FLOOR
-    probs /= probs.sum(axis=0, keepdims=True)
-    unary = np.ascontiguousarray(-np.log(np.maximum(probs, PROB_FLOOR)).reshape(k, -1), dtype=np.float32)
     crf = dcrf.DenseCRF2D(w, h, k)
-    crf.setUnaryEnergy(unary)
+    crf.setUnaryEnergy(softmax_unary(scores))
     crf.addPairwiseGaussian(sxy=GAUSSIAN_SXY, compat=GAUSSIAN_COMPAT)
     crf.addPairwiseBilateral(sxy=BILATERAL_SXY, srgb=BILATERAL_SRGB, rgbim=np.ascontiguousarray(image),
                              compat=BILATERAL_COMPAT)

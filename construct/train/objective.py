@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from construct.backbones.conch import ContrastiveHead
 from construct.head.model import ConStructHead
+from construct.head.pooler import ContrastiveHead
 from construct.train.config import TrainConfig
 from construct.train.ddp import BatchShare, unwrap
 from construct.train.weighting import LossWeighting

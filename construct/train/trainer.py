@@ -14,12 +14,12 @@ import torch
 from tqdm.auto import tqdm
 
 from construct.atomic import atomic_output, write_text_atomic
-from construct.backbones.conch import ContrastiveHead
-from construct.backbones.weights import seeded_init
 from construct.distributed import World, all_reduce_sum, env_world, process_device, session
 from construct.errors import ConstructError
 from construct.head.io import HEAD_FILES, RUN_CONFIG, read_run_config, save_head, write_run_config
 from construct.head.model import ConStructHead, HeadConfig
+from construct.head.pooler import ContrastiveHead
+from construct.seeding import seeded_init
 from construct.store import FeatureStore
 from construct.train.augment import apply_symmetries, draw_symmetries
 from construct.train.config import TrainConfig

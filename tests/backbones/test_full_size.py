@@ -8,7 +8,7 @@ import pytest
 import torch
 from timm.layers import resample_abs_pos_embed
 
-from construct.backbones.conch import build_conch
+from construct.backbones.conch import _conch_module, build_conch
 
 CONCH_TAPS = ("conch_b3", "conch_b6", "conch_b9", "conch_b12")
 
@@ -59,10 +59,13 @@ def test_conch_taps_at_224(conch_full):
     torch.testing.assert_close(taps["conch_cls"], outs[-1][:, 0], rtol=1e-4, atol=1e-4)
     # The embedding is CONCH's contrastive head on the final-normed tokens; at full size the pooler's
     # query width (512) differs from the trunk's (768), so this checks the separate q/k/v projections.
+    # The reference is the package's own pooler (nn.MultiheadAttention) loaded with the same weights.
     head = conch.contrastive_head
     assert not head.pooler.attn._qkv_same_embed_dim
+    package_pooler = _conch_module("transformer").AttentionalPooler(512, 768, head.pooler.attn.num_heads, 1)
+    package_pooler.load_state_dict(head.pooler.state_dict())
     with torch.no_grad():
-        pooled = head.pooler(conch.trunk.norm(outs[-1]))[:, 0]
+        pooled = package_pooler(conch.trunk.norm(outs[-1]))[:, 0]
         ref = torch.nn.functional.normalize(head.ln_contrast(pooled) @ head.proj, dim=-1)
     torch.testing.assert_close(taps["conch_embedding"], ref, rtol=1e-4, atol=1e-4)
 

@@ -61,11 +61,6 @@ def test_soft_mask_pooling_matches_hard_selection(conch_tiny):
     assert plain.shape == (2, head.embed_dim) and regions.shape == (2, 2, head.embed_dim)
     torch.testing.assert_close(regions[:, 0], plain, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(regions[:, 1], dropped, rtol=1e-4, atol=1e-4)
-    # the same numbers as the package's own pooler (nn.MultiheadAttention) on all tokens
-    with torch.no_grad():
-        ref = head.pooler(head.norm(tokens))[:, 0]
-        ref = torch.nn.functional.normalize(head.ln_contrast(ref) @ head.proj, dim=-1)
-    torch.testing.assert_close(plain, ref, rtol=1e-5, atol=1e-5)
     # round trip through the state a store keeps
     rebuilt = type(head).from_state_dict({k: v.clone() for k, v in head.export_state().items()})
     with torch.no_grad():

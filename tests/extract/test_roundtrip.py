@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from construct import __version__
-from construct.backbones.conch import ContrastiveHead
+from construct.head.pooler import ContrastiveHead
 from construct.data.classes import BCSS
 from construct.extract.extractor import extract
 from construct.store import FeatureStore

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from construct.inference import crf
-from construct.inference.crf import crf_refine
+from construct.inference.crf import crf_refine, softmax_unary
 
 H = W = 224
 EDGE = 112  # the image's vertical edge
@@ -34,6 +36,16 @@ def test_paper_parameters():
     assert (crf.GAUSSIAN_SXY, crf.GAUSSIAN_COMPAT) == (15, 30)
     assert (crf.BILATERAL_SXY, crf.BILATERAL_SRGB, crf.BILATERAL_COMPAT) == (10, 20, 50)
     assert crf.CRF_ITERATIONS == 5
+
+
+def test_unary_is_minus_log_softmax_as_the_authors():
+    # One pixel, scores (0, 1, 0.5): softmax = exp(s) / (1 + e + e^0.5); unary = log(1 + e + e^0.5) - s.
+    scores = np.array([0.0, 1.0, 0.5], np.float32).reshape(3, 1, 1)
+    z = math.log(1 + math.e + math.exp(0.5))
+    np.testing.assert_allclose(softmax_unary(scores)[:, 0], [z, z - 1, z - 0.5], rtol=1e-6)
+    # The floor: a label 20 units below the others costs -log(1e-5), not 20.
+    far = np.array([20.0, 0.0], np.float32).reshape(2, 1, 1)
+    np.testing.assert_allclose(softmax_unary(far)[:, 0], [0.0, -math.log(crf.PROB_FLOOR)], atol=1e-6)
 
 
 def test_crf_moves_noisy_scores_to_the_image_edge():

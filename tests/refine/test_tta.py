@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from construct.backbones.weights import seeded_init
+from construct.seeding import seeded_init
 from construct.head.io import load_head
 from construct.head.model import ConStructHead, HeadConfig
 from construct.inference.head import tile_scores, variant_cams

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from construct.backbones.weights import seeded_init
+from construct.seeding import seeded_init
 from construct.head.io import load_head
 from construct.head.model import ConStructHead
 from construct.store import FeatureStore
@@ -67,7 +67,8 @@ def test_run_folder_holds_everything(demo_run, stores):
     assert f"{result.n_trainable:,} trainable parameters" in log and "plan: 60 tiles, batch 10" in log
 
     records = metrics(run)
-    assert [r["epoch"] for r in records] == list(range(1, cfg.epochs + 1))
+    # 720 steps over 6 batches an epoch: a record every 24 steps (4 epochs), 30 in all
+    assert [r["step"] for r in records] == list(range(24, cfg.steps + 1, 24)) and records[0]["epoch"] == 4
     for r in records:
         assert {"loss_cls", "loss_distill", "loss_contrast", "loss_total", "val_mIoU", "lr"} <= set(r)
         assert all(np.isfinite(r[k]) for k in r if k.startswith("loss_"))
@@ -87,7 +88,7 @@ def test_training_lowers_the_loss_and_beats_an_untrained_head(demo_run, stores, 
     untrained = untrained_mious(cfg, stores)
     trained = max(r["val_mIoU"] for r in records)  # head_best, as refine uses it
     with capsys.disabled():
-        print(f"\nval mIoU: trained (best of {cfg.epochs} epochs) {trained:.1f}, last {last['val_mIoU']:.1f}; "
+        print(f"\nval mIoU: trained (best of {cfg.steps} steps) {trained:.1f}, last {last['val_mIoU']:.1f}; "
               f"untrained heads (seeds {list(UNTRAINED_SEEDS)}) {', '.join(f'{m:.1f}' for m in untrained)}")
     # Beat every untrained initialisation, not only the one training started from (the untrained level
     # swings with the seed: a random prototype direction can line up with a class or against it).
