@@ -348,11 +348,12 @@ def run_benchmark(data: Path, work: Path, recipes: dict[str, str], conch: str = 
 
 def print_table(results: dict) -> None:
     names = [c.name for c in BCSS.classes]
-    print(f"{'recipe':<28} {'steps':>6} {'mIoU':>6} " + " ".join(f"{n:>6}" for n in names) + "  train s")
     rows = [("majority fill (floor)", None, results["majority_fill"], None)]
     rows += [(r["recipe"], r["steps"], r, r["seconds"].get("train")) for r in results["recipes"]]
+    w = max(len(row[0]) for row in rows)
+    print(f"{'recipe':<{w}} {'steps':>6} {'mIoU':>6} " + " ".join(f"{n:>6}" for n in names) + "  train s")
     for name, steps, m, secs in rows:
-        print(f"{name:<28} {'' if steps is None else steps:>6} {m['mIoU']:>6.1f} "
+        print(f"{name:<{w}} {'' if steps is None else steps:>6} {m['mIoU']:>6.1f} "
               + " ".join(f"{m['IoU'][n]:>6.1f}" for n in names) + ("" if secs is None else f"  {secs:7.0f}"))
 
 
