@@ -75,6 +75,7 @@ def synth(out: Path, n_train: int, n_valid: int, n_test: int, seed: int) -> None
 @click.option("--segformer", default=None, help="MiT-B1 weights: hf:REPO, a transformers folder, an NVlabs mit_b1.pth, random, random-tiny [default: hf:nvidia/mit-b1].")
 @click.option("--classes", default="bcss", show_default=True, help="Class set: bcss, luad or a JSON file.")
 @click.option("--image-size", type=click.Choice(["224", "448"]), default="224", show_default=True, help="CONCH input size (448 = 4x cost).")
+@click.option("--mpp", type=float, default=0.25, show_default=True, help="µm/px of the tiles (BCSS-WSSS: 0.25); `slide` tiles at it.")
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True, help="Forward precision.")
@@ -84,7 +85,7 @@ def synth(out: Path, n_train: int, n_valid: int, n_test: int, seed: int) -> None
 @click.option("--limit", type=int, default=None, help="Only the first N images (quick trials).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @user_errors
-def extract(data, split, out, conch, segformer, classes, image_size, batch_size, device, precision,
+def extract(data, split, out, conch, segformer, classes, image_size, mpp, batch_size, device, precision,
             store_dtype, seg_stages, workers, limit, quiet) -> None:
     """Run frozen CONCH + SegFormer once over a split and write their features to a Zarr store.
 
@@ -102,7 +103,7 @@ def extract(data, split, out, conch, segformer, classes, image_size, batch_size,
     cfg = ExtractConfig(
         data=data, split=split, out=out, conch=conch or DEFAULT_SPECS["conch"],
         segformer=segformer or DEFAULT_SPECS["segformer"], classes=classes, image_size=int(image_size),
-        batch_size=batch_size, device=device, precision=precision, store_dtype=store_dtype,
+        mpp=mpp, batch_size=batch_size, device=device, precision=precision, store_dtype=store_dtype,
         seg_stages=stages, workers=workers, limit=limit,
     )
     result = run_extract(cfg, progress=not quiet)
@@ -252,6 +253,55 @@ def refine(run, data, split, images, out, gate, pred_threshold, no_tta, no_crf, 
         f"{result.n_images}; gate {result.gate}, {tta_note}, {crf_note}; {result.seconds:.1f} s, "
         f"{result.tiles_per_s:.1f} tiles/s)"
     )
+
+
+@main.command()
+@click.argument("slides", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--run", type=click.Path(path_type=Path), required=True, help="Run folder from `construct train`.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder: OUT/<slide>/ and OUT/summary.csv.")
+@click.option("--mpp", type=float, default=None, help="Model resolution in µm/px [default: the run's training tiles'].")
+@click.option("--slide-mpp", type=float, default=None, help="µm/px of slides whose metadata records none.")
+@click.option("--overlap", type=int, default=None, help="Tile overlap in px at the model's resolution [default: a quarter tile].")
+@click.option("--tissue-threshold", type=float, default=None, help="Saturation above which a pixel is tissue [default: Otsu].")
+@click.option("--tta", is_flag=True, help="6-way test-time augmentation (6x slower).")
+@click.option("--pred-threshold", type=float, default=0.5, show_default=True, help="Classifier probability that lets a class into a tile.")
+@click.option("--batch-size", type=int, default=16, show_default=True, help="Tiles per forward.")
+@click.option("--head", type=click.Choice(["best", "last"]), default="best", show_default=True, help="Which head weights.")
+@click.option("--conch", default=None, help="CONCH weights if not where the run recorded them (fingerprint-checked).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None, help="Backbone precision [default: the run's].")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@user_errors
+def slide(slides, run, out, mpp, slide_mpp, overlap, tissue_threshold, tta, pred_threshold, batch_size, head, conch,
+          device, precision, quiet) -> None:
+    """Segment whole slides (SVS, NDPI, MRXS, tiled TIFF; files, folders or a CSV with a `path` column).
+
+    Writes OUT/<slide>/ mask.ome.tif, annotations.geojson (QuPath), overlay.png, tissue.png, summary.json
+    and OUT/summary.csv. Finished slides are skipped when rerun; a failed slide is reported and the
+    others go on (exit status 1 at the end, with the list).
+    """
+    from construct.slide.model import load_model
+    from construct.slide.run import SlideConfig, list_slides, segment_slides
+
+    paths = list_slides(list(slides))
+    model = load_model(run, tta=tta, device=device, precision=precision, head=head, conch_spec=conch)
+    target = mpp or model.mpp
+    if target is None:
+        raise ConstructError(f"{run}: the run records no training resolution (extracted before `extract --mpp`); pass --mpp")
+    if model.random_weights:
+        warn_random([model.predictor.conch.recipe])
+    cfg = SlideConfig(out=out, target_mpp=target, slide_mpp=slide_mpp, overlap=overlap,
+                      tissue_threshold=tissue_threshold, batch_size=batch_size, pred_threshold=pred_threshold,
+                      meta={"model": {"run": str(Path(run).resolve()), "fingerprint": model.predictor.fingerprint,
+                                      "random_weights": model.random_weights, "tta": tta}})
+    result = segment_slides(paths, cfg, model.predictor, progress=not quiet,
+                            echo=lambda line: click.echo(line, err=True))
+    click.echo(f"slides: {out} ({len(result.done)} segmented, {len(result.skipped)} already done, "
+               f"{len(result.failed)} failed, of {len(paths)})")
+    if result.failed:
+        for path, message in result.failed:
+            click.echo(f"  failed: {message}", err=True)
+        raise click.ClickException(f"{len(result.failed)} of {len(paths)} slides failed (listed above)")
 
 
 @main.command()

@@ -1,0 +1,172 @@
+"""`construct slide`: segment whole slides with a trained run, one output folder per slide.
+
+Per slide: open (OpenSlide), find tissue on a low-resolution image, lay the tiling grid at the run's
+resolution, stream tissue tiles through the predictor into the stitched-slide sink, which writes the
+outputs at the end. A finished slide (its folder has summary.json) is skipped; scratch of a killed slide
+is removed and the slide starts again. A slide that fails gets one line and the batch goes on.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from construct.atomic import write_text_atomic
+from construct.data.sources import TileSource
+from construct.errors import ConstructError
+from construct.inference.parts import Predictor, Sink
+from construct.slide.grid import make_grid
+from construct.slide.reader import open_slide
+from construct.slide.sink import StitchedSlideSink
+from construct.slide.source import SlideTileSource
+from construct.slide.tissue import detect_tissue, tissue_downsample
+
+SLIDE_EXTENSIONS = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".vms", ".vmu", ".scn", ".svslide", ".bif")
+WORK_DIR = ".work"  # scratch of slides in progress, under --out
+SUMMARY_CSV = "summary.csv"
+GATE = "pred"  # a slide has no labels: the model's own classifier gates each tile
+
+
+@dataclass
+class SlideConfig:
+    out: Path
+    target_mpp: float  # the model's µm/px
+    slide_mpp: float | None = None  # for slides whose metadata records none
+    overlap: int | None = None  # grid px; default a quarter tile
+    tissue_threshold: float | None = None  # saturation; default Otsu (clamped)
+    batch_size: int = 16
+    pred_threshold: float = 0.5
+    meta: dict = field(default_factory=dict)  # recorded in every summary.json (model, settings)
+
+
+@dataclass
+class BatchResult:
+    done: list[dict] = field(default_factory=list)  # summaries of slides segmented now
+    skipped: list[Path] = field(default_factory=list)  # finished before
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def list_slides(inputs: list[Path]) -> list[Path]:
+    """Slide files, folders of them (by extension, sorted) and CSV manifests (a `path` column, relative
+    paths against the CSV's folder), in the order given."""
+    slides: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            slides.extend(sorted(p for p in item.iterdir() if p.is_file() and p.suffix.lower() in SLIDE_EXTENSIONS))
+        elif item.suffix.lower() == ".csv":
+            try:
+                rows = list(csv.DictReader(io.StringIO(item.read_text(encoding="utf-8"))))
+            except (OSError, UnicodeDecodeError, csv.Error) as e:
+                raise ConstructError(f"{item}: unreadable manifest ({e})") from e
+            if rows and "path" not in rows[0] or not rows:
+                raise ConstructError(f"{item}: a manifest needs a `path` column and at least one row")
+            slides.extend(p if p.is_absolute() else item.parent / p for p in (Path(r["path"]) for r in rows))
+        else:
+            slides.append(item)
+    if not slides:
+        raise ConstructError(f"no slides in {', '.join(map(str, inputs))}")
+    return slides
+
+
+def run_pipeline(source: TileSource, predictor: Predictor, sink: Sink, batch_size: int,
+                 pred_threshold: float, on_batch: Callable[[int], None] | None = None):
+    """source → predictor → sink, with the predicted gate; returns what `sink.close()` returns."""
+    for batch in source.batches(batch_size, skip=sink.done):
+        images = torch.from_numpy(np.stack([t.image for t in batch])).permute(0, 3, 1, 2).float().div_(255.0)
+        scores, _ = predictor.scores(images, GATE, None, pred_threshold)
+        scores = scores.float().cpu().numpy()
+        for tile, s in zip(batch, scores):
+            sink.write(tile, s, s.argmax(axis=0).astype(np.uint8))
+        if on_batch is not None:
+            on_batch(len(batch))
+    return sink.close()
+
+
+def is_finished(folder: Path) -> bool:
+    return (folder / "summary.json").is_file()
+
+
+def segment_slide(path: Path, cfg: SlideConfig, predictor: Predictor, progress: bool = True) -> dict:
+    """Segment one slide into `cfg.out/<stem>/`; returns its summary (tiles 0: no tissue found)."""
+    out_dir = cfg.out / path.stem
+    if out_dir.exists():
+        raise ConstructError(f"{out_dir}: exists but is not a finished slide output; remove it")
+    work = cfg.out / WORK_DIR / path.stem
+    shutil.rmtree(work, ignore_errors=True)  # a killed run's scratch: start the slide again cleanly
+    slide = None
+    try:
+        slide = open_slide(path, cfg.slide_mpp)
+        tile = predictor.tile_size
+        overlap = tile // 4 if cfg.overlap is None else cfg.overlap
+        grid = make_grid(slide.dimensions, slide.mpp, cfg.target_mpp, tile, overlap, str(path))
+        d = tissue_downsample(slide.dimensions, slide.mpp)
+        tissue = detect_tissue(slide.thumbnail(d), d, slide.mpp, cfg.tissue_threshold)
+        origins = grid.tissue_tiles(tissue)
+        sink = StitchedSlideSink(out_dir, work, slide, grid, tissue, origins, predictor.classes, cfg.target_mpp,
+                                 {**cfg.meta, "gate": GATE})
+        with tqdm(total=len(origins), unit="tile", desc=path.stem, disable=not progress, dynamic_ncols=True) as bar:
+            summary = run_pipeline(SlideTileSource(slide, grid, origins), predictor, sink, cfg.batch_size,
+                                   cfg.pred_threshold, bar.update)
+    finally:
+        if slide is not None:
+            slide.close()
+        shutil.rmtree(work, ignore_errors=True)  # done, or failed: nothing half written stays
+    return summary
+
+
+def write_summary_csv(out: Path) -> None:
+    """OUT/summary.csv: one row per finished slide (read back from each summary.json)."""
+    rows = []
+    for s in sorted(p for p in out.glob("*/summary.json") if p.parent.name != WORK_DIR):
+        d = json.loads(s.read_text())
+        row = {"slide": d["slide"], "folder": s.parent.name, "mpp": d["mpp"], "tiles": d["tiles"],
+               "tissue_mm2": d["tissue_mm2"]}
+        for name, c in d["classes"].items():
+            row[f"{name}_mm2"], row[f"{name}_percent_tissue"] = c["area_mm2"], c["percent_tissue"]
+        row["seconds"] = d["seconds"]
+        rows.append(row)
+    if not rows:
+        return
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(out / SUMMARY_CSV, buf.getvalue())
+
+
+def segment_slides(slides: list[Path], cfg: SlideConfig, predictor: Predictor, progress: bool = True,
+                   echo: Callable[[str], None] = print) -> BatchResult:
+    """Every slide in turn; failures are collected (one line each, echoed as they happen), not raised."""
+    result = BatchResult()
+    seen: dict[str, Path] = {}
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    for path in slides:
+        path = Path(path)
+        try:
+            if path.stem in seen:
+                raise ConstructError(f"{path}: same name as {seen[path.stem]}; outputs are named by it, rename one")
+            seen[path.stem] = path
+            folder = cfg.out / path.stem
+            if is_finished(folder):
+                result.skipped.append(path)
+                summary = json.loads((folder / "summary.json").read_text())
+            else:
+                summary = segment_slide(path, cfg, predictor, progress)
+                result.done.append(summary)
+                write_summary_csv(cfg.out)
+            if summary["tiles"] == 0:  # reported on every run, not only the first
+                raise ConstructError(f"{path}: no tissue found (saturation threshold {summary['tissue_threshold']:.3f}; "
+                                     f"--tissue-threshold lowers it); wrote an empty mask and a zero table")
+        except ConstructError as e:
+            result.failed.append((path, str(e)))
+            echo(f"slide failed: {e}")
+    return result
