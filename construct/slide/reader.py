@@ -84,6 +84,11 @@ def metadata_mpp(props) -> float | None:
     return None
 
 
+def _looks_like_tiff(path: Path) -> bool:
+    with path.open("rb") as f:
+        return f.read(4) in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
 def open_slide(path: Path, slide_mpp: float | None = None) -> Slide:
     """Open a slide; its resolution is the metadata's, or `slide_mpp` for slides whose metadata has none."""
     import openslide
@@ -96,6 +101,9 @@ def open_slide(path: Path, slide_mpp: float | None = None) -> Slide:
     except openslide.OpenSlideError as e:
         raise ConstructError(f"{path}: unreadable slide ({e})") from e
     if fmt is None:
+        if _looks_like_tiff(path):  # SVS, NDPI, tiled TIFF... whose directory cannot be read
+            raise ConstructError(f"{path}: unreadable TIFF-based slide (OpenSlide cannot read its image "
+                                 f"directory); the file may be truncated or corrupt")
         raise ConstructError(f"{path}: not a slide format OpenSlide knows (SVS, NDPI, MRXS, tiled TIFF, ...)")
     try:
         handle = openslide.OpenSlide(str(path))

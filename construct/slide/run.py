@@ -55,6 +55,21 @@ class BatchResult:
     failed: list[tuple[Path, str]] = field(default_factory=list)
 
 
+def check_config(cfg: SlideConfig, tile: int) -> None:
+    """Flag mistakes once, before any slide (not as the same failure on every slide)."""
+    for flag, value in (("--mpp", cfg.target_mpp), ("--slide-mpp", cfg.slide_mpp)):
+        if value is not None and not value > 0:
+            raise ConstructError(f"{flag} {value}: expected micrometres per pixel, above 0")
+    if cfg.overlap is not None and not 0 <= cfg.overlap < tile:
+        raise ConstructError(f"--overlap {cfg.overlap}: expected 0 to {tile - 1} px (the model's tile is {tile} px)")
+    if cfg.tissue_threshold is not None and not 0.0 <= cfg.tissue_threshold <= 1.0:
+        raise ConstructError(f"--tissue-threshold {cfg.tissue_threshold}: expected a saturation in [0, 1]")
+    if not 0.0 <= cfg.pred_threshold <= 1.0:
+        raise ConstructError(f"--pred-threshold {cfg.pred_threshold}: expected a probability in [0, 1]")
+    if cfg.batch_size < 1:
+        raise ConstructError("--batch-size must be at least 1")
+
+
 def list_slides(inputs: list[Path]) -> list[Path]:
     """Slide files, folders of them (by extension, sorted) and CSV manifests (a `path` column, relative
     paths against the CSV's folder), in the order given."""
@@ -146,6 +161,7 @@ def write_summary_csv(out: Path) -> None:
 def segment_slides(slides: list[Path], cfg: SlideConfig, predictor: Predictor, progress: bool = True,
                    echo: Callable[[str], None] = print) -> BatchResult:
     """Every slide in turn; failures are collected (one line each, echoed as they happen), not raised."""
+    check_config(cfg, predictor.tile_size)
     result = BatchResult()
     seen: dict[str, Path] = {}
     cfg.out.mkdir(parents=True, exist_ok=True)
@@ -156,16 +172,19 @@ def segment_slides(slides: list[Path], cfg: SlideConfig, predictor: Predictor, p
                 raise ConstructError(f"{path}: same name as {seen[path.stem]}; outputs are named by it, rename one")
             seen[path.stem] = path
             folder = cfg.out / path.stem
-            if is_finished(folder):
-                result.skipped.append(path)
+            finished = is_finished(folder)
+            if finished:
                 summary = json.loads((folder / "summary.json").read_text())
             else:
                 summary = segment_slide(path, cfg, predictor, progress)
-                result.done.append(summary)
                 write_summary_csv(cfg.out)
             if summary["tiles"] == 0:  # reported on every run, not only the first
                 raise ConstructError(f"{path}: no tissue found (saturation threshold {summary['tissue_threshold']:.3f}; "
                                      f"--tissue-threshold lowers it); wrote an empty mask and a zero table")
+            if finished:
+                result.skipped.append(path)
+            else:
+                result.done.append(summary)
         except ConstructError as e:
             result.failed.append((path, str(e)))
             echo(f"slide failed: {e}")
