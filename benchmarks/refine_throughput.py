@@ -28,7 +28,7 @@ from construct.extract.config import ExtractConfig
 from construct.extract.extractor import extract
 from construct.head.io import load_head
 from construct.refine.config import REFINE_META, SCORES_DIR, RefineConfig
-from construct.refine.crf import crf_refine
+from construct.inference.crf import crf_refine
 from construct.refine.pipeline import refine
 from construct.runtime import resolve_device
 from construct.store import FeatureStore

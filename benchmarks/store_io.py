@@ -28,7 +28,7 @@ from construct.backbones.registry import create_backbone
 from construct.data.dataset import read_image
 from construct.extract.config import ExtractConfig
 from construct.extract.extractor import extract
-from construct.extract.loader import images_to_tensor
+from construct.data.loader import images_to_tensor
 from construct.runtime import resolve_device
 from construct.store import STORE_DTYPES, FeatureStore
 from construct.store.feature_store import SCALE_SUFFIX

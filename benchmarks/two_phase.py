@@ -26,7 +26,7 @@ from construct.backbones.registry import create_backbone
 from construct.data.dataset import list_split
 from construct.extract.config import ExtractConfig
 from construct.extract.extractor import extract
-from construct.extract.loader import TileDataset, collate, images_to_tensor
+from construct.data.loader import TileDataset, collate, images_to_tensor
 from construct.runtime import autocast, resolve_device
 from construct.store import FeatureStore
 from construct.train.config import TrainConfig, resolve_config

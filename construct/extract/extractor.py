@@ -20,7 +20,7 @@ from construct.data.dataset import Sample, list_split
 from construct.distributed import World, session
 from construct.errors import ConstructError
 from construct.extract.config import ExtractConfig
-from construct.extract.loader import ShardBatchSampler, TileDataset, images_to_tensor, tile_loader
+from construct.data.loader import ShardBatchSampler, TileDataset, images_to_tensor, tile_loader
 from construct.runtime import autocast
 from construct.store import FeatureStore, StoreLayout, StoreSpec, STORE_DTYPES, dataset_fingerprint
 

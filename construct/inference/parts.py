@@ -18,6 +18,7 @@ class Predictor(Protocol):
     classes: ClassSet
     tile_size: int
     fingerprint: str  # of the weights: recorded by sinks so outputs can be traced to a model
+    device: torch.device  # where `scores` wants its images
 
     def scores(self, images01: torch.Tensor, gate: str, labels: torch.Tensor | None = None,
                pred_threshold: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,7 +1,7 @@
 """refine: live TTA inference with a trained run, background channel and Dense-CRF masks.
 
-`from construct.refine import refine, RefineConfig`. The heavy modules load on first use, so the CRF
-worker processes (which import only `construct.refine.writer`/`crf`) start without torch.
+`from construct.refine import refine, RefineConfig`. The heavy modules load on first use, so importing
+the config (as the CLI does to parse flags) stays cheap.
 """
 
 from __future__ import annotations

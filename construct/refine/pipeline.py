@@ -1,25 +1,16 @@
 """`construct refine`: live TTA inference with a trained run, background channel and Dense-CRF masks.
 
-Flow: images are decoded by a DataLoader (bad files come back as messages, not exceptions), pushed
-through CONCH + the head in batches (each image as its TTA variants), and each tile's scores go to a
-process pool that runs the CRF and writes the palette PNG, so the CRF overlaps the forward and uses
-the other cores. `refine.json` in the output folder records what was run; it is written first with
-"complete": false and rewritten at the end. Re-running the same command skips tiles whose PNG exists.
+An arrangement of the inference pipeline (construct.inference): a split or folder source, the head
+predictor (CONCH + head, each image as its TTA variants), and a PNG mask sink. `refine.json` in the
+output folder records what was run; it is written first with "complete": false and rewritten at the
+end. Re-running the same command skips tiles whose PNG exists.
 """
 
 from __future__ import annotations
 
 import json
-import multiprocessing
-import time
-from collections import deque
-from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import numpy as np
-import torch
-from tqdm.auto import tqdm
 
 from construct import __version__
 from construct.atomic import write_text_atomic
@@ -27,23 +18,22 @@ from construct.backbones.recipe import BackboneRecipe
 from construct.backbones.registry import create_backbone
 from construct.backbones.weights import fingerprint
 from construct.data.classes import ClassSet
-from construct.data.dataset import IMAGE_EXTENSIONS, SPLITS, Sample, list_split
+from construct.data.dataset import SPLITS, Sample
+from construct.data.sources import SampleSource, folder_source, split_source
 from construct.errors import ConstructError
-from construct.extract.loader import TileDataset, images_to_tensor, tile_loader
 from construct.head.io import load_head, read_run_config
 from construct.head.model import ConStructHead
-from construct.head.scores import BACKGROUND_POWER, mask_index_lut
+from construct.head.scores import BACKGROUND_POWER
+from construct.inference.crf import CRF_PARAMS
+from construct.inference.head import HeadPredictor, TapBackbone
+from construct.inference.pipeline import run_inference
+from construct.inference.sinks import MaskSink
+from construct.inference.tta import variants_for
 from construct.refine.config import GATES, HEADS, PRECISIONS, REFINE_META, SCORES_DIR, RefineConfig
-from construct.refine.crf import CRF_PARAMS
-from construct.refine.infer import TapBackbone, tile_scores
-from construct.refine.tta import variants_for
-from construct.refine.writer import TileTask, finish_tile
 from construct.runtime import resolve_device
 
 REFINE_FORMAT = "construct-refine"
 REFINE_FORMAT_VERSION = 1
-# Tiles queued for the CRF pool per worker before the forward waits (bounds memory: ~1 MB a tile).
-INFLIGHT_PER_WORKER = 4
 
 
 @dataclass
@@ -89,22 +79,10 @@ def _validate(cfg: RefineConfig) -> None:
         raise ConstructError(f"--pred-threshold {cfg.pred_threshold}: expected a probability in [0, 1]")
 
 
-def list_images(folder: Path) -> list[Sample]:
-    """Every image in a folder (no labels, no masks), sorted by name; stems must be unique."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ConstructError(f"{folder}: images folder not found")
-    files = sorted((p for p in folder.iterdir()
-                    if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file()),
-                   key=lambda p: p.name)
-    if not files:
-        raise ConstructError(f"{folder}: no images ({', '.join(IMAGE_EXTENSIONS)}) in this folder")
-    seen: dict[str, Path] = {}
-    for p in files:
-        if p.stem in seen:
-            raise ConstructError(f"{p}: same stem as {seen[p.stem].name}; masks are named by stem, rename one")
-        seen[p.stem] = p
-    return [Sample(p.stem, p, None, None) for p in files]
+def make_source(cfg: RefineConfig, classes: ClassSet, tile_size: int) -> SampleSource:
+    if cfg.images is not None:
+        return folder_source(Path(cfg.images), classes, tile_size, cfg.loader_workers)
+    return split_source(Path(cfg.data), cfg.split, classes, tile_size, workers=cfg.loader_workers)
 
 
 def resolve_gate(cfg: RefineConfig, samples: list[Sample]) -> str:
@@ -208,8 +186,10 @@ def refine(
     _validate(cfg)
     meta, classes, recipes, preprocessing = _run_meta(cfg)
     recipe = recipes["conch"]
-    samples = list_images(cfg.images) if cfg.images is not None else list_split(Path(cfg.data), cfg.split, classes)
+    source = make_source(cfg, classes, preprocessing["tile_size"])
+    samples = source.samples
     gate = resolve_gate(cfg, samples)
+    source.with_masks = gate == "gt"  # masks are decoded only when they gate
     if head is None:
         head, _ = load_head(cfg.run, cfg.head)
     if head.config.n_classes != len(classes):
@@ -220,13 +200,8 @@ def refine(
     out = cfg.out_path
     settings = _settings(cfg, gate, head_fp, recipe, preprocessing, precision, variants)
     resuming = _check_out(out, settings, samples)
-    scores_dir = out / SCORES_DIR if cfg.save_scores else None
-
-    def done(s: Sample) -> bool:
-        return (resuming and (out / f"{s.image_id}.png").is_file()
-                and (scores_dir is None or (scores_dir / f"{s.image_id}.npy").is_file()))
-
-    pending = [i for i, s in enumerate(samples) if not done(s)]
+    sink = MaskSink(out, classes, out / SCORES_DIR if cfg.save_scores else None, resume=resuming)
+    pending = [s for s in samples if not sink.done(s.image_id)]
     random_weights = bool(recipe.random_weights or meta["store"].get("random_weights", False))
     record = {
         "format": REFINE_FORMAT, "format_version": REFINE_FORMAT_VERSION, "package_version": __version__,
@@ -238,70 +213,15 @@ def refine(
     result = RefineResult(out, len(samples), 0, len(samples) - len(pending), 0.0, gate, random_weights,
                           {"conch": recipe})
     if pending:
-        device = resolve_device(cfg.device)
         conch = _load_conch(cfg, recipe, conch)  # checked before anything is written
-        if hasattr(conch, "to"):
-            conch.to(device)
-        head = head.to(device).eval()
+        predictor = HeadPredictor(conch, head, classes, preprocessing["tile_size"], variants, precision,
+                                  resolve_device(cfg.device))
         out.mkdir(parents=True, exist_ok=True)
         _write_meta(out, record)
-        start = time.perf_counter()
-        _run(cfg, samples, pending, gate, classes, conch, head, variants, precision, device, out, scores_dir,
-             preprocessing["tile_size"], progress)
-        result.seconds = time.perf_counter() - start
-        result.n_written = len(pending)
+        stats = run_inference(source, predictor, [sink], gate, crf=cfg.crf, batch_size=cfg.batch_size,
+                              workers=cfg.workers, pred_threshold=cfg.pred_threshold, progress=progress,
+                              total=len(pending), desc=f"refine {source.name}")
+        result.seconds, result.n_written = stats.seconds, stats.n_written
     _write_meta(out, {**record, "complete": True, "n_written": result.n_written, "n_skipped": result.n_skipped,
                       "seconds": round(result.seconds, 3), "tiles_per_s": round(result.tiles_per_s, 3)})
     return result
-
-
-def _run(cfg, samples, pending, gate, classes, conch, head, variants, precision, device, out, scores_dir,
-         tile_size, progress) -> None:
-    lut = mask_index_lut(classes)
-    use_pool = cfg.crf and cfg.workers > 0
-    bar = tqdm(total=len(pending), unit="tile", desc=f"refine {cfg.split or Path(cfg.images).name}",
-               disable=not progress, dynamic_ncols=True)
-    inflight: deque[Future] = deque()
-    max_inflight = INFLIGHT_PER_WORKER * max(cfg.workers, 1) + cfg.batch_size
-
-    def harvest(block_until: int) -> None:
-        """Collect finished tiles in order; wait while more than `block_until` are queued."""
-        while inflight and (inflight[0].done() or len(inflight) > block_until):
-            inflight.popleft().result()  # re-raises a failed CRF or write here
-            bar.update(1)
-
-    pool = (ProcessPoolExecutor(cfg.workers, mp_context=multiprocessing.get_context("spawn"))
-            if use_pool else None)
-    try:
-        batches = [pending[i:i + cfg.batch_size] for i in range(0, len(pending), cfg.batch_size)]
-        loader = tile_loader(TileDataset(samples, classes, tile_size, with_masks=gate == "gt"), batches,
-                             cfg.loader_workers)
-        for batch in loader:
-            if batch["error"]:
-                harvest(0)  # keep the tiles already computed: a re-run resumes after them
-                raise ConstructError(batch["error"] + " (masks written so far are kept: fix or remove the file "
-                                     "and re-run the same command to resume)")
-            images = images_to_tensor(batch["images"], device)
-            scores, _ = tile_scores(images, conch, head, variants, gate, batch["labels"], cfg.pred_threshold,
-                                    precision)
-            scores = scores.float().cpu().numpy()
-            raw = batch["images"].numpy()
-            for j, row in enumerate(batch["rows"].tolist()):
-                stem = samples[row].image_id
-                task = TileTask(raw[j], scores[j], out / f"{stem}.png",
-                                scores_dir / f"{stem}.npy" if scores_dir is not None else None)
-                if pool is None:
-                    finish_tile(task, lut, classes, cfg.crf)
-                    bar.update(1)
-                else:
-                    inflight.append(pool.submit(finish_tile, task, lut, classes, cfg.crf))
-            harvest(max_inflight)
-        harvest(0)
-    except BaseException:
-        for f in inflight:
-            f.cancel()
-        raise
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
-        bar.close()

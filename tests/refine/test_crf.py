@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from construct.refine import crf
-from construct.refine.crf import crf_refine
+from construct.inference import crf
+from construct.inference.crf import crf_refine
 
 H = W = 224
 EDGE = 112  # the image's vertical edge

@@ -16,7 +16,7 @@ from construct.evaluate.run import evaluate_predictions
 from construct.head.model import HeadOutput
 from construct.head.scores import mask_index_lut
 from construct.refine import RefineConfig, refine
-from construct.refine.infer import predicted_gate
+from construct.inference.head import predicted_gate
 
 BG = BCSS.background_index
 

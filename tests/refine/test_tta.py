@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from construct.backbones.weights import seeded_init
 from construct.head.io import load_head
 from construct.head.model import ConStructHead, HeadConfig
-from construct.refine.infer import tile_scores, variant_cams
-from construct.refine.tta import IDENTITY, Variant, expand, paper_variants, undo, variants_for
+from construct.inference.head import tile_scores, variant_cams
+from construct.inference.tta import IDENTITY, Variant, expand, paper_variants, undo, variants_for
 
 
 def asymmetric_images(b: int = 2, size: int = 224) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Decoding tiles off the critical path: a Dataset over store rows, batched within shards."""
+"""Decoding tiles off the critical path: a Dataset over listed tiles, batched (within shards for extract)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Live inference for a batch of tiles: TTA variants → CONCH taps → head CAMs → gated score maps.
+"""The head predictor: live inference for a batch of tiles: TTA variants → CONCH taps → head CAMs → gated score maps.
 
 Per variant and CAM level: ReLU and per-class min-max at the level's resolution (`level_maps`, as in
 training), the flip undone, then the variants averaged; the averaged levels are upsampled (bilinear)
@@ -15,9 +15,11 @@ from typing import Protocol
 
 import torch
 
+from construct.backbones.weights import fingerprint
+from construct.data.classes import ClassSet
 from construct.head.model import ConStructHead, HeadOutput
 from construct.head.scores import score_maps
-from construct.refine.tta import Variant, expand, undo
+from construct.inference.tta import Variant, expand, undo
 from construct.runtime import autocast
 
 
@@ -74,3 +76,23 @@ def tile_scores(
             raise ValueError(f"gate {gate!r} needs labels")
         g = labels.to(cam.device, torch.float32)
     return score_maps(cam, g), g
+
+
+class HeadPredictor:
+    """The ConStruct head over live CONCH taps, with TTA: the stage-1 predictor."""
+
+    def __init__(self, conch: TapBackbone, head: ConStructHead, classes: ClassSet, tile_size: int,
+                 variants: tuple[Variant, ...], precision: str = "fp32", device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self.conch = conch.to(self.device) if hasattr(conch, "to") else conch
+        self.head = head.to(self.device).eval()
+        self.classes = classes
+        self.tile_size = tile_size
+        self.variants = variants
+        self.precision = precision
+        self.fingerprint = fingerprint(iter(head.state_dict().items()))
+
+    def scores(self, images01: torch.Tensor, gate: str, labels: torch.Tensor | None = None,
+               pred_threshold: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+        return tile_scores(images01, self.conch, self.head, self.variants, gate, labels, pred_threshold,
+                           self.precision)

@@ -1,0 +1,43 @@
+"""Sinks that write files per tile: palette PNG masks (refine), optionally with float16 score arrays."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from construct.atomic import atomic_output
+from construct.data.classes import ClassSet
+from construct.data.dataset import write_mask
+from construct.data.sources import Tile
+from construct.head.scores import mask_index_lut
+
+
+def save_scores(path: Path, scores: np.ndarray) -> None:
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, scores.astype(np.float16))
+
+
+class MaskSink:
+    """`<stem>.png` palette masks in the dataset's mask indices and, with `scores_dir`, `<stem>.npy` float16
+    scores (C + 1, H, W). The PNG is written last and atomically: a PNG on disk means the tile is complete.
+    `resume` False treats every tile as to do (the caller has checked the folder holds nothing of ours)."""
+
+    def __init__(self, out: Path, classes: ClassSet, scores_dir: Path | None = None, resume: bool = True):
+        self.out = Path(out)
+        self.classes = classes
+        self.lut = mask_index_lut(classes)
+        self.scores_dir = scores_dir
+        self.resume = resume
+
+    def done(self, stem: str) -> bool:
+        return (self.resume and (self.out / f"{stem}.png").is_file()
+                and (self.scores_dir is None or (self.scores_dir / f"{stem}.npy").is_file()))
+
+    def write(self, tile: Tile, scores: np.ndarray, labels: np.ndarray) -> None:
+        if self.scores_dir is not None:
+            save_scores(self.scores_dir / f"{tile.stem}.npy", scores)
+        write_mask(self.out / f"{tile.stem}.png", self.lut[labels], self.classes)
+
+    def close(self) -> None:
+        """Nothing to flush: every tile is complete on disk once written."""
