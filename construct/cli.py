@@ -288,11 +288,11 @@ def slide(slides, run, out, mpp, slide_mpp, overlap, tissue_threshold, tta, pred
     target = mpp or model.mpp
     if target is None:
         raise ConstructError(f"{run}: the run records no training resolution (extracted before `extract --mpp`); pass --mpp")
-    if model.random_weights:
-        warn_random([model.predictor.conch.recipe])
+    warn_random(model.recipes)
     cfg = SlideConfig(out=out, target_mpp=target, slide_mpp=slide_mpp, overlap=overlap,
                       tissue_threshold=tissue_threshold, batch_size=batch_size, pred_threshold=pred_threshold,
                       meta={"model": {"run": str(Path(run).resolve()), "fingerprint": model.predictor.fingerprint,
+                                      "backbones": {r.family: r.fingerprint for r in model.recipes},
                                       "random_weights": model.random_weights, "tta": tta}})
     result = segment_slides(paths, cfg, model.predictor, progress=not quiet,
                             echo=lambda line: click.echo(line, err=True))

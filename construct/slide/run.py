@@ -16,14 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import torch
-from tqdm.auto import tqdm
-
 from construct.atomic import write_text_atomic
-from construct.data.sources import TileSource
 from construct.errors import ConstructError
-from construct.inference.parts import Predictor, Sink
+from construct.inference.parts import Predictor
+from construct.inference.pipeline import run_inference
 from construct.slide.grid import make_grid
 from construct.slide.reader import open_slide
 from construct.slide.sink import StitchedSlideSink
@@ -92,20 +88,6 @@ def list_slides(inputs: list[Path]) -> list[Path]:
     return slides
 
 
-def run_pipeline(source: TileSource, predictor: Predictor, sink: Sink, batch_size: int,
-                 pred_threshold: float, on_batch: Callable[[int], None] | None = None):
-    """source → predictor → sink, with the predicted gate; returns what `sink.close()` returns."""
-    for batch in source.batches(batch_size, skip=sink.done):
-        images = torch.from_numpy(np.stack([t.image for t in batch])).permute(0, 3, 1, 2).float().div_(255.0)
-        scores, _ = predictor.scores(images, GATE, None, pred_threshold)
-        scores = scores.float().cpu().numpy()
-        for tile, s in zip(batch, scores):
-            sink.write(tile, s, s.argmax(axis=0).astype(np.uint8))
-        if on_batch is not None:
-            on_batch(len(batch))
-    return sink.close()
-
-
 def is_finished(folder: Path) -> bool:
     return (folder / "summary.json").is_file()
 
@@ -128,9 +110,11 @@ def segment_slide(path: Path, cfg: SlideConfig, predictor: Predictor, progress: 
         origins = grid.tissue_tiles(tissue)
         sink = StitchedSlideSink(out_dir, work, slide, grid, tissue, origins, predictor.classes, cfg.target_mpp,
                                  {**cfg.meta, "gate": GATE})
-        with tqdm(total=len(origins), unit="tile", desc=path.stem, disable=not progress, dynamic_ncols=True) as bar:
-            summary = run_pipeline(SlideTileSource(slide, grid, origins), predictor, sink, cfg.batch_size,
-                                   cfg.pred_threshold, bar.update)
+        # Argmax, not the CRF: blending overlapping tiles' soft scores is what decides a slide's labels.
+        run_inference(SlideTileSource(slide, grid, origins), predictor, [sink], GATE, crf=False,
+                      batch_size=cfg.batch_size, pred_threshold=cfg.pred_threshold, progress=progress,
+                      desc=path.stem)
+        summary = sink.written
     finally:
         if slide is not None:
             slide.close()

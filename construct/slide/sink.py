@@ -40,6 +40,7 @@ class StitchedSlideSink:
         self.counts = np.zeros(256, np.int64)  # grid pixels per mask index, inside tissue
         self.tissue_px = 0
         self.start = time.perf_counter()
+        self.written: dict | None = None  # the summary, once close() has moved the outputs into place
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.stitcher = Stitcher(self.work_dir, len(classes) + 1, grid.height, grid.width, grid.tile, origins,
                                  self._finish_block, fill=classes.background_index)
@@ -88,8 +89,8 @@ class StitchedSlideSink:
             "seconds": round(time.perf_counter() - self.start, 3), **self.meta,
         }
 
-    def close(self) -> dict:
-        """Write every output into scratch, then move the folder into place; returns the summary."""
+    def close(self) -> None:
+        """Write every output into scratch, then move the folder into place; `written` is the summary."""
         self.stitcher.close()
         staging = self.work_dir / "out"
         staging.mkdir()
@@ -107,4 +108,4 @@ class StitchedSlideSink:
         summary["seconds"] = round(time.perf_counter() - self.start, 3)
         write_json(staging / "summary.json", summary)
         os.replace(staging, self.out_dir)
-        return summary
+        self.written = summary

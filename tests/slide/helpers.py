@@ -15,6 +15,7 @@ class ColourPredictor:
 
     def __init__(self, classes: ClassSet = BCSS, tile_size: int = 224):
         self.classes, self.tile_size, self.fingerprint = classes, tile_size, "colour-predictor"
+        self.device = torch.device("cpu")
         colours = class_colors(classes)
         order = [c.mask_index for c in classes.classes] + [classes.background_index]
         self.ref = torch.tensor([colours[i] for i in order], dtype=torch.float32) / 255

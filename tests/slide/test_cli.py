@@ -63,7 +63,7 @@ def test_cli_segments_with_a_head_run_and_reports_each_bad_slide(tiny_run, synth
     assert result.stderr.strip().splitlines()[-1].startswith("Error: 6 of 7 slides failed")
     # The good slide is complete; the glass slide has an empty mask and a zero table.
     summary = json.loads((out / "synthetic" / "summary.json").read_text())
-    assert summary["mpp"] == 2.0 and summary["tiles"] > 0 and summary["model"]["fingerprint"].startswith("head:")
+    assert summary["mpp"] == 2.0 and summary["tiles"] > 0 and len(summary["model"]["fingerprint"]) == 64
     glass = json.loads((out / "glass" / "summary.json").read_text())
     assert glass["tiles"] == 0 and glass["tissue_mm2"] == 0 and all(c["area_mm2"] == 0 for c in glass["classes"].values())
     assert (tifffile.imread(out / "glass" / "mask.ome.tif") == 4).all()
@@ -84,7 +84,8 @@ def test_cli_refuses_bad_flags_in_one_line(tiny_run, synth_slide, tmp_path):
                           (["--tissue-threshold", "3"], "--tissue-threshold 3")):
         result = CliRunner().invoke(main, base + extra)
         assert result.exit_code == 1 and needle in result.stderr and "Traceback" not in result.output
-    missing = CliRunner().invoke(main, ["slide", str(tmp_path / "none"), "--run", str(tiny_run.run), "--out", "o"])
+    missing = CliRunner().invoke(main, ["slide", str(tmp_path / "none"), "--run", str(tiny_run.run), "--out",
+                                        str(tmp_path / "o")])
     assert missing.exit_code == 1 and "slide not found" in missing.stderr
 
 
@@ -126,3 +127,16 @@ def test_killed_slide_restarts_cleanly(synth_slide, tmp_path):
                    progress=False)
     assert np.array_equal(tifffile.imread(out / "synthetic" / "mask.ome.tif"),
                           tifffile.imread(fresh / "synthetic" / "mask.ome.tif"))
+
+
+def test_resolution_comes_from_the_run(tiny_run, synth_slide, tmp_path):
+    from construct.head.io import read_run_config, write_run_config
+    from construct.slide.model import run_mpp
+
+    assert run_mpp(read_run_config(tiny_run.run)) == 0.25  # extract's default, BCSS-WSSS's resolution
+    old = tiny_run.copy_run(tmp_path / "old_run")  # a run extracted before `extract --mpp`
+    meta = read_run_config(old)
+    del meta["store"]["preprocessing"]["mpp"]
+    write_run_config(old, {k: v for k, v in meta.items() if k not in ("format", "format_version", "package_version")})
+    result = CliRunner().invoke(main, ["slide", str(synth_slide.path), "--run", str(old), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1 and "records no training resolution" in result.stderr and "--mpp" in result.stderr
