@@ -6,7 +6,8 @@ colours (each synthetic tile style's base colour mixed with its nuclei's, as the
 low power) plus pixel noise, on glass. Written with tifffile as a tiled
 pyramid, one page per level, with resolution tags in centimetres, which OpenSlide opens as
 `generic-tiff` and reads `openslide.mpp-x` from. The known region map (mask indices at level 0) comes
-back with it, so masks, areas and polygons can be checked against the truth.
+back with it, so masks, areas and polygons can be checked against the truth, and `ColourPredictor`
+reads those colours back: a predictor with known answers and no model.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from construct.atomic import atomic_output
@@ -37,6 +39,7 @@ NUCLEI_SHARE = 0.4  # weight of the nuclei colour in a class's flat colour
 TISSUE_NOISE_SD = 6.0
 GLASS_NOISE_SD = 2.0
 TIFF_TILE = 256
+RENDER_ROWS = 512
 
 
 @dataclass(frozen=True)
@@ -72,8 +75,12 @@ def render(regions: np.ndarray, classes: ClassSet = BCSS, seed: int = 0) -> np.n
     for index, rgb in colors.items():
         lut[index] = rgb
     sd[classes.background_index] = GLASS_NOISE_SD
-    image = lut[regions] + rng.standard_normal((*regions.shape, 3), dtype=np.float32) * sd[regions][..., None]
-    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+    out = np.empty((*regions.shape, 3), np.uint8)
+    for r in range(0, regions.shape[0], RENDER_ROWS):  # in strips: float32 copies of a whole slide are big
+        part = regions[r:r + RENDER_ROWS]
+        image = lut[part] + rng.standard_normal((*part.shape, 3), dtype=np.float32) * sd[part][..., None]
+        out[r:r + RENDER_ROWS] = np.clip(np.rint(image), 0, 255)
+    return out
 
 
 def write_pyramid_tiff(path: Path, image: np.ndarray, mpp: float | None, min_size: int = TIFF_TILE) -> None:
@@ -104,3 +111,23 @@ def make_synthetic_slide(path: Path | str, cell: int = 256, mpp: float | None = 
     regions = layout_regions(layout, cell)
     write_pyramid_tiff(Path(path), render(regions, classes, seed), mpp)
     return SyntheticSlide(Path(path), regions, mpp)
+
+
+class ColourPredictor:
+    """Scores each pixel of a synthetic slide by its (5x5-smoothed) colour's distance to each class colour,
+    and counts the tiles it sees. Satisfies construct.inference.parts.Predictor."""
+
+    def __init__(self, classes: ClassSet = BCSS, tile_size: int = 224):
+        self.classes, self.tile_size, self.fingerprint = classes, tile_size, "colour-predictor"
+        self.device = torch.device("cpu")
+        colours = class_colors(classes)
+        order = [c.mask_index for c in classes.classes] + [classes.background_index]
+        self.ref = torch.tensor([colours[i] for i in order], dtype=torch.float32) / 255
+        self.seen = 0
+
+    def scores(self, images01: torch.Tensor, gate: str, labels: torch.Tensor | None = None,
+               pred_threshold: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+        self.seen += len(images01)
+        x = torch.nn.functional.avg_pool2d(images01, 5, 1, 2, count_include_pad=False)
+        d = ((x[:, None] - self.ref[None, :, :, None, None]) ** 2).sum(2)
+        return torch.softmax(-d * 200, dim=1), torch.ones(len(images01), len(self.classes))

@@ -14,9 +14,8 @@ from click.testing import CliRunner
 
 from construct.cli import main
 from construct.slide.run import SlideConfig, segment_slides
-from construct.slide.synthetic import make_synthetic_slide
+from construct.slide.synthetic import ColourPredictor, make_synthetic_slide
 
-from .helpers import ColourPredictor
 
 
 def _bad_inputs(folder: Path, good: Path) -> dict[str, Path]:
@@ -90,11 +89,10 @@ def test_cli_refuses_bad_flags_in_one_line(tiny_run, synth_slide, tmp_path):
 
 
 KILLER = """
-import os, signal, sys
-sys.path.insert(0, {tests!r})
+import os, signal
 from pathlib import Path
 from construct.slide.run import SlideConfig, segment_slides
-from slide.helpers import ColourPredictor
+from construct.slide.synthetic import ColourPredictor
 
 class Dies(ColourPredictor):
     def scores(self, images01, gate, labels=None, pred_threshold=0.5):
@@ -109,8 +107,7 @@ segment_slides([Path({slide!r})], SlideConfig(out=Path({out!r}), target_mpp=1.0,
 
 def test_killed_slide_restarts_cleanly(synth_slide, tmp_path):
     out = tmp_path / "out"
-    tests = str(Path(__file__).resolve().parents[1])
-    script = KILLER.format(tests=tests, slide=str(synth_slide.path), out=str(out))
+    script = KILLER.format(slide=str(synth_slide.path), out=str(out))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]),
                                                         os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, timeout=300)

@@ -15,7 +15,9 @@ from shapely.geometry import shape
 from construct.data.classes import BCSS
 from construct.slide.run import SlideConfig, segment_slides
 
-from .helpers import ColourPredictor, grid_truth
+from construct.slide.synthetic import ColourPredictor
+
+from .helpers import grid_truth
 
 MPP = 1.0  # the fake model's resolution: the 0.5 µm/px slide is read at half size (1024 x 1024 grid)
 
