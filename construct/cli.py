@@ -280,22 +280,26 @@ def slide(slides, run, out, mpp, slide_mpp, overlap, tissue_threshold, tta, pred
     and OUT/summary.csv. Finished slides are skipped when rerun; a failed slide is reported and the
     others go on (exit status 1 at the end, with the list).
     """
+    from construct.distributed import session
     from construct.slide.model import load_model
     from construct.slide.run import SlideConfig, list_slides, segment_slides
 
     paths = list_slides(list(slides))
-    model = load_model(run, tta=tta, device=device, precision=precision, head=head, conch_spec=conch)
-    target = mpp or model.mpp
-    if target is None:
-        raise ConstructError(f"{run}: the run records no training resolution (extracted before `extract --mpp`); pass --mpp")
-    warn_random(model.recipes)
-    cfg = SlideConfig(out=out, target_mpp=target, slide_mpp=slide_mpp, overlap=overlap,
-                      tissue_threshold=tissue_threshold, batch_size=batch_size, pred_threshold=pred_threshold,
-                      meta={"model": {"run": str(Path(run).resolve()), "fingerprint": model.predictor.fingerprint,
-                                      "backbones": {r.family: r.fingerprint for r in model.recipes},
-                                      "random_weights": model.random_weights, "tta": tta}})
-    result = segment_slides(paths, cfg, model.predictor, progress=not quiet,
-                            echo=lambda line: click.echo(line, err=True))
+    with session(device) as (world, dev):
+        model = load_model(run, tta=tta, device=str(dev), precision=precision, head=head, conch_spec=conch)
+        target = mpp or model.mpp
+        if target is None:
+            raise ConstructError(f"{run}: the run records no training resolution (extracted before "
+                                 f"`extract --mpp`); pass --mpp")
+        if world.is_main:
+            warn_random(model.recipes)
+        cfg = SlideConfig(out=out, target_mpp=target, slide_mpp=slide_mpp, overlap=overlap,
+                          tissue_threshold=tissue_threshold, batch_size=batch_size, pred_threshold=pred_threshold,
+                          meta={"model": model.describe(run, tta)})
+        result = segment_slides(paths, cfg, model.predictor, progress=not quiet and world.is_main,
+                                echo=lambda line: click.echo(line, err=True), world=world)
+    if not world.is_main:
+        return  # under torchrun, rank 0 reports for every process
     click.echo(f"slides: {out} ({len(result.done)} segmented, {len(result.skipped)} already done, "
                f"{len(result.failed)} failed, of {len(paths)})")
     if result.failed:

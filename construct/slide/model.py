@@ -26,6 +26,12 @@ class LoadedModel:
     random_weights: bool
     recipes: list  # backbone recipes, for the random-weights warning
 
+    def describe(self, run: Path, tta: bool) -> dict:
+        """What summary.json records of the model."""
+        return {"run": str(Path(run).resolve()), "fingerprint": self.predictor.fingerprint,
+                "backbones": {r.family: r.fingerprint for r in self.recipes},
+                "random_weights": self.random_weights, "tta": tta}
+
 
 def run_mpp(meta: dict) -> float | None:
     value = meta.get("store", {}).get("preprocessing", {}).get("mpp")

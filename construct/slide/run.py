@@ -17,10 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from construct.atomic import write_text_atomic
+from construct.distributed import World
 from construct.errors import ConstructError
 from construct.inference.parts import Predictor
 from construct.inference.pipeline import run_inference
 from construct.slide.grid import make_grid
+from construct.slide.memory import pin_mmap_threshold
 from construct.slide.reader import open_slide
 from construct.slide.sink import StitchedSlideSink
 from construct.slide.source import SlideTileSource
@@ -78,7 +80,7 @@ def list_slides(inputs: list[Path]) -> list[Path]:
                 rows = list(csv.DictReader(io.StringIO(item.read_text(encoding="utf-8"))))
             except (OSError, UnicodeDecodeError, csv.Error) as e:
                 raise ConstructError(f"{item}: unreadable manifest ({e})") from e
-            if rows and "path" not in rows[0] or not rows:
+            if not rows or "path" not in rows[0]:
                 raise ConstructError(f"{item}: a manifest needs a `path` column and at least one row")
             slides.extend(p if p.is_absolute() else item.parent / p for p in (Path(r["path"]) for r in rows))
         else:
@@ -143,25 +145,35 @@ def write_summary_csv(out: Path) -> None:
 
 
 def segment_slides(slides: list[Path], cfg: SlideConfig, predictor: Predictor, progress: bool = True,
-                   echo: Callable[[str], None] = print) -> BatchResult:
-    """Every slide in turn; failures are collected (one line each, echoed as they happen), not raised."""
+                   echo: Callable[[str], None] = print, world: World = World()) -> BatchResult:
+    """Every slide in turn; failures are collected (one line each, echoed as they happen), not raised.
+
+    Under torchrun the slides are dealt out to the processes in turn (slide i to rank i mod world size):
+    each slide has one writer. Every rank returns the whole batch's result; rank 0 alone writes
+    summary.csv."""
     check_config(cfg, predictor.tile_size)
+    pin_mmap_threshold()  # memory stays flat over thousands of tiles
     result = BatchResult()
     seen: dict[str, Path] = {}
     cfg.out.mkdir(parents=True, exist_ok=True)
-    for path in slides:
-        path = Path(path)
+    for i, path in enumerate(map(Path, slides)):
         try:
-            if path.stem in seen:
-                raise ConstructError(f"{path}: same name as {seen[path.stem]}; outputs are named by it, rename one")
+            if path.stem in seen:  # checked on every rank alike, so each reports its own slides only
+                if i % world.world_size == world.rank:
+                    raise ConstructError(f"{path}: same name as {seen[path.stem]}; outputs are named by it, "
+                                         f"rename one")
+                continue
             seen[path.stem] = path
+            if i % world.world_size != world.rank:
+                continue
             folder = cfg.out / path.stem
             finished = is_finished(folder)
             if finished:
                 summary = json.loads((folder / "summary.json").read_text())
             else:
                 summary = segment_slide(path, cfg, predictor, progress)
-                write_summary_csv(cfg.out)
+                if world.is_main:
+                    write_summary_csv(cfg.out)
             if summary["tiles"] == 0:  # reported on every run, not only the first
                 raise ConstructError(f"{path}: no tissue found (saturation threshold {summary['tissue_threshold']:.3f}; "
                                      f"--tissue-threshold lowers it); wrote an empty mask and a zero table")
@@ -172,4 +184,22 @@ def segment_slides(slides: list[Path], cfg: SlideConfig, predictor: Predictor, p
         except ConstructError as e:
             result.failed.append((path, str(e)))
             echo(f"slide failed: {e}")
+    if world.spread:
+        result = gather_results(result, world)
+        if world.is_main:
+            write_summary_csv(cfg.out)
     return result
+
+
+def gather_results(mine: BatchResult, world: World) -> BatchResult:
+    """Every rank's results, merged, on every rank (also a barrier: all slides are done after it)."""
+    import torch.distributed as dist
+
+    parts: list[BatchResult | None] = [None] * world.world_size
+    dist.all_gather_object(parts, mine)
+    merged = BatchResult()
+    for part in parts:
+        merged.done += part.done
+        merged.skipped += part.skipped
+        merged.failed += part.failed
+    return merged
