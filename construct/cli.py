@@ -278,6 +278,7 @@ def refine(run, data, split, images, out, gate, pred_threshold, tta, crf, batch_
 @click.option("--epochs", type=int, default=20, show_default=True)
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="AdamW learning rate, cosine decay.")
+@click.option("--crop", type=int, default=None, help="Train on random crops of this many px (multiple of 32) [default: whole tiles].")
 @click.option("--weighting", type=click.Choice(["uncertainty", "fixed"]), default="uncertainty", show_default=True,
               help="Loss terms weighted by learned uncertainty (Kendall et al. 2018) or by --w-mse/--w-ce.")
 @click.option("--w-mse", type=float, default=1.0, show_default=True, help="Fixed weight of the soft-score MSE.")
@@ -291,7 +292,7 @@ def refine(run, data, split, images, out, gate, pred_threshold, tta, crf, batch_
 @click.option("--resume", is_flag=True, help="Continue a killed student run in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @user_errors
-def distill(run, data, out, targets, classes, arch, encoder, encoder_weights, epochs, batch_size, lr, weighting,
+def distill(run, data, out, targets, classes, arch, encoder, encoder_weights, epochs, batch_size, lr, crop, weighting,
             w_mse, w_ce, no_tta, no_crf, conch, seed, workers, device, resume, quiet) -> None:
     """Stage 2: train a fast student segmentation network on a run's pseudo-masks.
 
@@ -304,7 +305,7 @@ def distill(run, data, out, targets, classes, arch, encoder, encoder_weights, ep
 
     cfg = DistillConfig(
         run=run, data=data, out=out, targets=targets, classes=classes, arch=arch, encoder=encoder,
-        encoder_weights=encoder_weights, epochs=epochs, batch_size=batch_size, lr=lr, weighting=weighting,
+        encoder_weights=encoder_weights, epochs=epochs, batch_size=batch_size, lr=lr, crop=crop, weighting=weighting,
         w_mse=w_mse, w_ce=w_ce, tta=not no_tta, crf=not no_crf, conch=conch, seed=seed, target_workers=workers,
         device=device,
     )

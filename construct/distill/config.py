@@ -25,6 +25,7 @@ class DistillConfig:
     weighting: str = "uncertainty"  # learnable (Kendall et al. 2018) or fixed weights w_mse / w_ce
     w_mse: float = 1.0
     w_ce: float = 1.0
+    crop: int | None = None  # train on random crops of this many px (a multiple of 32); None: whole tiles
     boundary_radius: int = 3  # px around pseudo-mask boundaries whose cross-entropy is weighted up
     boundary_boost: float = 2.0  # weight there is 1 + boost
     seed: int = 0

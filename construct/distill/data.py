@@ -45,10 +45,11 @@ def target_loader(dataset: TargetSet, batches: list[list[int]], workers: int) ->
                       prefetch_factor=4 if workers else None)
 
 
-def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    """The same shuffled batches for a given (seed, epoch), so a resumed run sees what it would have."""
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, min_rows: int = 1) -> list[list[int]]:
+    """The same shuffled batches for a given (seed, epoch), so a resumed run sees what it would have; a last
+    batch of fewer than `min_rows` tiles (the processes sharing each batch) is left out."""
     order = np.random.default_rng([seed, epoch]).permutation(n).tolist()
-    return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    return [b for b in (order[i:i + batch_size] for i in range(0, n, batch_size)) if len(b) >= min_rows]
 
 
 def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -57,14 +58,21 @@ def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
     return x.flip(-1) if k >= 4 else x
 
 
-def augment(batch: dict[str, torch.Tensor], rng: np.random.Generator) -> dict[str, torch.Tensor]:
-    """images01 (B, 3, H, W), teacher scores (B, C + 1, H, W) in [0, 1], mask (B, H, W): augmented copies."""
+def augment(batch: dict[str, torch.Tensor], rng: np.random.Generator, crop: int | None = None) -> dict[str, torch.Tensor]:
+    """images01 (B, 3, H, W), teacher scores (B, C + 1, H, W) in [0, 1], mask (B, H, W): augmented copies,
+    cut to a random `crop` x `crop` window per tile when `crop` is given (cheaper steps, same network)."""
     images, scores, mask = batch["images01"], batch["teacher"], batch["mask"]
-    b = images.shape[0]
+    b, _, h, w = images.shape
     ks = rng.integers(0, 8, b)
-    images = torch.stack([dihedral(images[j], int(k)) for j, k in enumerate(ks)])
-    scores = torch.stack([dihedral(scores[j], int(k)) for j, k in enumerate(ks)])
-    mask = torch.stack([dihedral(mask[j], int(k)) for j, k in enumerate(ks)])
+    size = min(crop or h, h, w)
+    ys, xs = rng.integers(0, h - size + 1, b), rng.integers(0, w - size + 1, b)
+
+    def view(x: torch.Tensor, j: int) -> torch.Tensor:
+        return dihedral(x[j, ..., ys[j]:ys[j] + size, xs[j]:xs[j] + size], int(ks[j]))
+
+    images = torch.stack([view(images, j) for j in range(b)])
+    scores = torch.stack([view(scores, j) for j in range(b)])
+    mask = torch.stack([view(mask, j) for j in range(b)])
     gain = rng.uniform(*BRIGHTNESS, (b, 1, 1, 1)) * rng.uniform(*COLOUR_GAIN, (b, 3, 1, 1))
     images = (images * torch.from_numpy(gain).to(images)).clamp(0.0, 1.0)
     return {**batch, "images01": images, "teacher": scores, "mask": mask}

@@ -1,5 +1,5 @@
 """`construct distill`: teacher targets → student training (AdamW, cosine schedule, validation mIoU per
-epoch, best kept, atomic safetensors, `--resume` at epoch boundaries)."""
+epoch, best kept, atomic safetensors, `--resume` at epoch boundaries; DDP under torchrun, as `train`)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from construct.atomic import atomic_output, write_text_atomic
@@ -18,6 +19,7 @@ from construct.backbones.weights import seeded_init
 from construct.data.classes import load_classes
 from construct.data.sources import split_source
 from construct.distill.config import WEIGHTINGS, DistillConfig
+from construct.distributed import World, session
 from construct.distill.data import TargetSet, augment, epoch_batches, target_loader, to_device
 from construct.distill.io import STUDENT_FILES, save_student
 from construct.distill.losses import boundary_ce, boundary_weights, fixed_weighted, soft_mse, uncertainty_weighted
@@ -32,7 +34,7 @@ from construct.inference.runs import STUDENT_KIND, head_run_meta, require_kind
 from construct.inference.score_store import ScoreStore
 from construct.inference.sinks import ConfusionSink
 from construct.inference.student import StudentPredictor
-from construct.runtime import resolve_device
+from construct.train.ddp import BatchShare, convert_sync_batchnorm, wrap
 
 CHECKPOINT = "distill_checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -57,6 +59,8 @@ def _validate(cfg: DistillConfig) -> None:
         raise ConstructError("--epochs and --batch-size must be at least 1")
     if cfg.lr <= 0:
         raise ConstructError(f"--lr {cfg.lr}: must be positive")
+    if cfg.crop is not None and (cfg.crop < 32 or cfg.crop % 32):
+        raise ConstructError(f"--crop {cfg.crop}: must be a multiple of 32 (the students' output stride)")
 
 
 def objective(student: Student, batch: dict[str, torch.Tensor], cfg: DistillConfig,
@@ -109,82 +113,119 @@ def _check_out(cfg: DistillConfig, resume: bool) -> bool:
     return (out / CHECKPOINT).is_file()  # killed before its first checkpoint: start over
 
 
+class Objective(nn.Module):
+    """The student and the learned uncertainty weights in one module, so that DistributedDataParallel
+    averages the gradients of both."""
+
+    def __init__(self, student: Student, cfg: DistillConfig):
+        super().__init__()
+        self.student = student
+        self.cfg = cfg
+        self.log_vars = nn.Parameter(torch.zeros(len(TERMS))) if cfg.weighting == "uncertainty" else None
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return objective(self.student, batch, self.cfg, self.log_vars)
+
+
 def distill(cfg: DistillConfig, resume: bool = False, conch: TapBackbone | None = None,
             progress: bool = True) -> DistillResult:
+    """Make (or reuse) the teacher targets and train a student run. Under torchrun the processes share each
+    batch in DDP; rank 0 alone makes the targets, validates and writes the run folder."""
     _validate(cfg)
+    with session(cfg.device) as (world, device):
+        return _distill(cfg, resume, conch, progress and world.is_main, world, device)
+
+
+def _distill(cfg: DistillConfig, resume: bool, conch: TapBackbone | None, progress: bool, world: World,
+             device: torch.device) -> DistillResult:
     out = Path(cfg.out)
-    resuming = _check_out(cfg, resume)
+    if cfg.batch_size < world.world_size:
+        raise ConstructError(f"--batch-size {cfg.batch_size} is the global batch, shared by {world.world_size} "
+                             f"processes: it must be at least one tile per process")
+    resuming = world.on_main(lambda: _check_out(cfg, resume))
     run_meta, classes, _, prep = head_run_meta(Path(cfg.run), "distill --run")
     check_classes(Path(cfg.run), classes, load_classes(cfg.classes), cfg.classes)
     tile_size = prep["tile_size"]
     source = split_source(Path(cfg.data), "train", classes, tile_size)
     val_source = split_source(Path(cfg.data), "valid", classes, tile_size, with_masks=True)
-    store = (open_targets(Path(cfg.targets), source.samples, classes) if cfg.targets is not None
-             else make_targets(cfg, source, conch, progress))
-    device = resolve_device(cfg.device)
+    store = ScoreStore.open(world.on_main(lambda: (
+        open_targets(Path(cfg.targets), source.samples, classes) if cfg.targets is not None
+        else make_targets(cfg, source, conch, progress)).path))
     with seeded_init(cfg.seed):
         student = build_student(cfg.arch, cfg.encoder, len(classes) + 1,
-                                "none" if resuming else cfg.encoder_weights).to(device)
-    log_vars = torch.zeros(len(TERMS), device=device, requires_grad=True) if cfg.weighting == "uncertainty" else None
-    params = list(student.parameters()) + ([log_vars] if log_vars is not None else [])
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+                                "none" if resuming else cfg.encoder_weights)
+        model = Objective(student, cfg)
+    if world.spread:
+        convert_sync_batchnorm(model)
+    model = model.to(device)
+    student = model.student
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     dataset = TargetSet(source.samples, store, tile_size)
-    n_batches = math.ceil(len(dataset) / cfg.batch_size)
+    n_batches = len(epoch_batches(len(dataset), cfg.batch_size, cfg.seed, 0, world.world_size))
     total_steps = cfg.epochs * n_batches
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine(step, total_steps))
     spec = {**cfg.student_dict(), "n_channels": len(classes) + 1}
     state = {"epoch": 0, "best_miou": None, "history": []}
     if resuming:
         ckpt = torch.load(out / CHECKPOINT, map_location=device, weights_only=False)
-        student.load_state_dict(ckpt["student"])
+        model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
-        if log_vars is not None:
-            log_vars.data.copy_(ckpt["log_vars"])
         state = ckpt["state"]
-    elif not resume or not (out / RUN_CONFIG).is_file():
+    elif world.is_main and (not resume or not (out / RUN_CONFIG).is_file()):
         out.mkdir(parents=True, exist_ok=True)
         write_run_config(out, _run_record(cfg, spec, classes, tile_size, store, run_meta))
+    ddp = wrap(model, world, device)
     n_parameters = sum(p.numel() for p in student.parameters())
     start = time.perf_counter()
     final_loss = float("nan")
-    student.train()
+    model.train()
     for epoch in range(state["epoch"], cfg.epochs):
-        rng = np.random.default_rng([cfg.seed, epoch, 1])
-        batches = epoch_batches(len(dataset), cfg.batch_size, cfg.seed, epoch)
+        rng = np.random.default_rng([cfg.seed, epoch, 1, world.rank])
+        batches = epoch_batches(len(dataset), cfg.batch_size, cfg.seed, epoch, world.world_size)
+        shares = [BatchShare(len(b), world) for b in batches]
+        local = [b[share.rows()] for b, share in zip(batches, shares)]
         sums = {k: 0.0 for k in ("loss", *TERMS)}
-        bar = tqdm(target_loader(dataset, batches, cfg.workers), total=len(batches), unit="batch",
+        bar = tqdm(zip(target_loader(dataset, local, cfg.workers), shares), total=len(batches), unit="batch",
                    desc=f"distill epoch {epoch + 1}/{cfg.epochs}", disable=not progress, dynamic_ncols=True)
-        for raw in bar:
-            batch = augment(to_device(raw, device), rng)
-            loss, terms = objective(student, batch, cfg, log_vars)
+        for raw, share in bar:
+            batch = augment(to_device(raw, device), rng, cfg.crop)
+            loss, terms = ddp(batch)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * share.weight(len(raw["images"]))).backward()
             optimizer.step()
             scheduler.step()
-            final_loss = float(loss.detach())
-            for k, v in (("loss", loss), *terms.items()):
-                sums[k] += float(v.detach()) / len(batches)
+            values = share.values({"loss": loss, **terms})
+            final_loss = values["loss"]
+            for k, v in values.items():
+                sums[k] += v / len(batches)
             bar.set_postfix(loss=f"{final_loss:.4f}")
-        val = validate_student(student, val_source, classes, tile_size, device)
-        record = {"epoch": epoch + 1, **{k: round(v, 6) for k, v in sums.items()}, "lr": scheduler.get_last_lr()[0],
-                  "val_mIoU": val["mIoU"], "val_mDice": val["mDice"]}
-        if log_vars is not None:
-            record["log_vars"] = dict(zip(TERMS, log_vars.detach().cpu().tolist()))
-        state["history"].append(record)
-        save_student(student, out / STUDENT_FILES["last"], spec)
-        if state["best_miou"] is None or val["mIoU"] > state["best_miou"]:
-            state["best_miou"] = val["mIoU"]
-            save_student(student, out / STUDENT_FILES["best"], spec)
-        state["epoch"] = epoch + 1
-        write_text_atomic(out / METRICS, "".join(json.dumps(r) + "\n" for r in state["history"]))
-        with atomic_output(out / CHECKPOINT) as tmp:
-            torch.save({"student": student.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "log_vars": log_vars, "state": state}, tmp)
-        if progress:
-            tqdm.write(f"epoch {epoch + 1}: loss {sums['loss']:.4f}  val mIoU {val['mIoU']:.2f}")
+        if world.is_main:
+            _end_epoch(cfg, out, epoch, model, optimizer, scheduler, state, sums, spec,
+                       validate_student(student, val_source, classes, tile_size, device), progress)
+        state = world.broadcast(state)
     return DistillResult(out, store.path, n_parameters, state["best_miou"], final_loss,
                          time.perf_counter() - start)
+
+
+def _end_epoch(cfg, out, epoch, model, optimizer, scheduler, state, sums, spec, val, progress) -> None:
+    """Record the epoch, keep the last and the best student, and checkpoint (rank 0)."""
+    record = {"epoch": epoch + 1, **{k: round(v, 6) for k, v in sums.items()},
+              "lr": scheduler.get_last_lr()[0], "val_mIoU": val["mIoU"], "val_mDice": val["mDice"]}
+    if model.log_vars is not None:
+        record["log_vars"] = dict(zip(TERMS, model.log_vars.detach().cpu().tolist()))
+    state["history"].append(record)
+    save_student(model.student, out / STUDENT_FILES["last"], spec)
+    if state["best_miou"] is None or val["mIoU"] > state["best_miou"]:
+        state["best_miou"] = val["mIoU"]
+        save_student(model.student, out / STUDENT_FILES["best"], spec)
+    state["epoch"] = epoch + 1
+    write_text_atomic(out / METRICS, "".join(json.dumps(r) + "\n" for r in state["history"]))
+    with atomic_output(out / CHECKPOINT) as tmp:
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "state": state}, tmp)
+    if progress:
+        tqdm.write(f"epoch {epoch + 1}: loss {sums['loss']:.4f}  val mIoU {val['mIoU']:.2f}")
 
 
 def _run_record(cfg: DistillConfig, spec: dict, classes, tile_size: int, store: ScoreStore, run_meta: dict) -> dict:
