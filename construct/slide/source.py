@@ -10,8 +10,6 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
-import numpy as np
-
 from construct.data.sources import Tile
 from construct.slide.grid import Grid
 from construct.slide.reader import Slide
@@ -51,7 +49,3 @@ class SlideTileSource:
             while pending:
                 yield [f.result() for f in pending.popleft()]
 
-
-def stack_images(tiles: list[Tile]) -> np.ndarray:
-    """(B, H, W, 3) uint8 of a batch."""
-    return np.stack([t.image for t in tiles])

@@ -10,7 +10,6 @@ when a tile reaches them again. So memory is bounded by `max_blocks`, whatever t
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
@@ -103,5 +102,3 @@ class Stitcher:
             self._finish(key, self._get(key))
             self.open.pop(key, None)
 
-    def n_blocks(self) -> tuple[int, int]:
-        return math.ceil(self.height / self.block), math.ceil(self.width / self.block)

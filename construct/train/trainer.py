@@ -19,6 +19,7 @@ from construct.distributed import World, session
 from construct.errors import ConstructError
 from construct.head.io import HEAD_FILES, RUN_CONFIG, read_run_config, save_head, write_run_config
 from construct.head.model import ConStructHead, HeadConfig
+from construct.inference.runs import HEAD_KIND, require_kind
 from construct.store import FeatureStore
 from construct.train.augment import apply_symmetries, draw_symmetries
 from construct.train.config import TrainConfig
@@ -127,6 +128,8 @@ def _start(cfg: TrainConfig, resume: bool, progress: bool, world: World, device:
     _check_stores(cfg, store, val, needed)
     run = Path(cfg.out)
     ckpt_path = run / CHECKPOINT
+    if resume and (run / RUN_CONFIG).is_file():
+        require_kind(run, read_run_config(run), HEAD_KIND, "train --resume")
     if resume and not ckpt_path.is_file():
         if not (run / RUN_CONFIG).is_file():
             raise ConstructError(f"{run}: nothing to resume (no {CHECKPOINT})")

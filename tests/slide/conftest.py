@@ -1,4 +1,5 @@
-"""Synthetic slides (written once per session) and the tiny trained run of the refine suite."""
+"""Synthetic slides (written once per session), and the tiny head and student runs of the refine and
+distill suites."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import pytest
 
 from construct.slide.synthetic import make_synthetic_slide
 
+from distill.conftest import student_run  # noqa: F401  (the distill suite's tiny student, shared)
 from refine.conftest import tiny_run  # noqa: F401  (the refine suite's tiny head run, shared)
 
 

@@ -137,3 +137,16 @@ def test_resolution_comes_from_the_run(tiny_run, synth_slide, tmp_path):
     write_run_config(old, {k: v for k, v in meta.items() if k not in ("format", "format_version", "package_version")})
     result = CliRunner().invoke(main, ["slide", str(synth_slide.path), "--run", str(old), "--out", str(tmp_path / "o")])
     assert result.exit_code == 1 and "records no training resolution" in result.stderr and "--mpp" in result.stderr
+
+
+def test_a_student_run_segments_a_slide(student_run, synth_slide, tmp_path):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["slide", str(synth_slide.path), "--run", str(student_run.run), "--out",
+                                       str(out), "--batch-size", "4", "--quiet", "--mpp", "2.0"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "synthetic" / "summary.json").read_text())
+    assert summary["model"]["kind"] == "student" and summary["model"]["backbones"] == {}
+    assert summary["tiles"] > 0 and set(np.unique(tifffile.imread(out / "synthetic" / "mask.ome.tif"))) <= {0, 1, 2, 3, 4}
+    from construct.slide.model import load_model
+
+    assert load_model(student_run.run).mpp == 0.25  # the teacher's training tiles'
