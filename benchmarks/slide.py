@@ -77,6 +77,8 @@ def throughput(args, work: Path) -> dict:
     slide = make_synthetic_slide(work / "throughput.tif", cell=args.cell, mpp=0.5).path
     n = dump_tiles(slide, work / "tiles")
     predictor = head_predictor(args.conch, device)
+    with torch.no_grad():  # first-call costs (allocations, kernel choice) belong to neither arm
+        predictor.scores(torch.rand(args.batch_size, 3, 224, 224, device=device), "pred")
     folder, whole = [], []
     print(f"throughput: {n} tiles, head over CONCH {args.conch} on {device}, batch {args.batch_size}, "
           f"{args.repeats} alternating repeats per arm...")
