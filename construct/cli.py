@@ -267,8 +267,9 @@ def refine(run, data, split, images, out, gate, pred_threshold, tta, crf, batch_
 
 @main.command()
 @click.argument("slides", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--run", type=click.Path(path_type=Path), required=True,
-              help="A student run (`construct distill`: fast) or a head run (`construct train`: live CONCH).")
+@click.option("--run", "--model", "run", type=click.Path(path_type=Path), required=True,
+              help="A student run (`construct distill`: fast) or a head run (`construct train`: live CONCH). "
+                   "Under torchrun spell it --model (torchrun's own parser takes --run for its --run-path).")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder: OUT/<slide>/ and OUT/summary.csv.")
 @click.option("--mpp", type=float, default=None, help="Model resolution in µm/px [default: the run's training tiles'].")
 @click.option("--slide-mpp", type=float, default=None, help="µm/px of slides whose metadata records none.")
@@ -320,7 +321,9 @@ def slide(slides, run, out, mpp, slide_mpp, overlap, tissue_threshold, tta, pred
 
 
 @main.command()
-@click.option("--run", type=click.Path(path_type=Path), required=True, help="Stage-1 run (from `construct train`): the teacher.")
+@click.option("--run", "--teacher", "run", type=click.Path(path_type=Path), required=True,
+              help="Stage-1 run (from `construct train`): the teacher. Under torchrun spell it --teacher "
+                   "(torchrun's own parser takes --run for its --run-path).")
 @click.option("--data", type=click.Path(path_type=Path), required=True, help="Dataset root: train (targets) and valid (model selection).")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Student run folder.")
 @click.option("--targets", type=click.Path(path_type=Path), default=None,
@@ -365,6 +368,10 @@ def distill(run, data, out, targets, classes, arch, encoder, encoder_weights, ep
         device=device,
     )
     result = run_distill(cfg, resume=resume, progress=not quiet)
+    from construct.distributed import is_main_process
+
+    if not is_main_process():  # under torchrun, rank 0 speaks for every process
+        return
     best = f", best val mIoU {result.best_miou:.2f}" if result.best_miou is not None else ""
     click.echo(f"student: {result.run} ({result.n_parameters:,} parameters; targets {result.targets}; final loss "
                f"{result.final_loss:.4f}{best}; {result.seconds:.1f} s)")

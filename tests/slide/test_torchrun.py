@@ -16,8 +16,8 @@ def test_two_processes_share_the_slides(tiny_run, tmp_path):
         make_synthetic_slide(slides / f"s{i}.tif", cell=128, seed=i)
     (slides / "broken.svs").write_text("not a slide\n")
     out = tmp_path / "out"
-    # `--` keeps torchrun's own parser off `--run` (it would take it for an abbreviation of --run-path).
-    cmd = torchrun("--", "slide", slides, "--run", tiny_run.run, "--out", out, "--mpp", "2.0", "--device", "cpu",
+    # --model, not --run: torchrun's own parser would take --run for an abbreviation of its --run-path.
+    cmd = torchrun("slide", slides, "--model", tiny_run.run, "--out", out, "--mpp", "2.0", "--device", "cpu",
                    "--batch-size", "4", "--quiet")
     done = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=TIMEOUT_S)
     assert done.returncode != 0  # the broken slide fails the batch...
