@@ -75,6 +75,7 @@ def synth(out: Path, n_train: int, n_valid: int, n_test: int, seed: int) -> None
 @click.option("--segformer", default=None, help="MiT-B1 weights: hf:REPO, a transformers folder, an NVlabs mit_b1.pth, random, random-tiny [default: hf:nvidia/mit-b1].")
 @click.option("--classes", default="bcss", show_default=True, help="Class set: bcss, luad or a JSON file.")
 @click.option("--image-size", type=click.Choice(["224", "448"]), default="224", show_default=True, help="CONCH input size (448 = 4x cost).")
+@click.option("--mpp", type=float, default=0.25, show_default=True, help="µm/px of the tiles (BCSS-WSSS: 0.25); `slide` tiles at it.")
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True, help="Forward precision.")
@@ -84,7 +85,7 @@ def synth(out: Path, n_train: int, n_valid: int, n_test: int, seed: int) -> None
 @click.option("--limit", type=int, default=None, help="Only the first N images (quick trials).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @user_errors
-def extract(data, split, out, conch, segformer, classes, image_size, batch_size, device, precision,
+def extract(data, split, out, conch, segformer, classes, image_size, mpp, batch_size, device, precision,
             store_dtype, seg_stages, workers, limit, quiet) -> None:
     """Run frozen CONCH + SegFormer once over a split and write their features to a Zarr store.
 
@@ -102,7 +103,7 @@ def extract(data, split, out, conch, segformer, classes, image_size, batch_size,
     cfg = ExtractConfig(
         data=data, split=split, out=out, conch=conch or DEFAULT_SPECS["conch"],
         segformer=segformer or DEFAULT_SPECS["segformer"], classes=classes, image_size=int(image_size),
-        batch_size=batch_size, device=device, precision=precision, store_dtype=store_dtype,
+        mpp=mpp, batch_size=batch_size, device=device, precision=precision, store_dtype=store_dtype,
         seg_stages=stages, workers=workers, limit=limit,
     )
     result = run_extract(cfg, progress=not quiet)
@@ -203,7 +204,11 @@ def train(features, val_features, out, preset, config_file, no_distill, no_contr
 
     out = out or Path("runs/construct")
     if resume:  # a resumed run keeps the settings it was started with
-        saved = read_run_config(out)["train"]
+        from construct.inference.runs import HEAD_KIND, require_kind
+
+        meta = read_run_config(out)
+        require_kind(out, meta, HEAD_KIND, "train --resume")
+        saved = meta["train"]
         # The run folder may have moved; where it runs (device, loader processes) may change too.
         saved.update(out=str(out), **{k: flags[k] for k in ("device", "workers") if flags[k] is not None})
         cfg = resolve_config(saved["preset"], None, **{k: v for k, v in saved.items() if k != "preset"})
@@ -263,7 +268,8 @@ def ablate(features, val_features, out, variants, data, split, crf_workers, pres
 
 
 @main.command()
-@click.option("--run", type=click.Path(path_type=Path), required=True, help="Run folder from `construct train`.")
+@click.option("--run", type=click.Path(path_type=Path), required=True,
+              help="Run folder from `construct train` (head) or `construct distill` (student).")
 @click.option("--data", type=click.Path(path_type=Path), default=None, help="Dataset root (BCSS-WSSS layout).")
 @click.option("--split", type=click.Choice(SPLITS), default=None, help="Split of --data [default: test].")
 @click.option("--images", type=click.Path(path_type=Path), default=None,
@@ -272,22 +278,27 @@ def ablate(features, val_features, out, variants, data, split, crf_workers, pres
               help="Mask folder [default: RUN/predictions/<split or images folder>].")
 @click.option("--gate", type=click.Choice(["gt", "labels", "pred", "none"]), default=None,
               help="Classes allowed per tile: labels (file names; train default), gt (ground-truth masks; "
-                   "valid/test default), pred (the head's classifier; --images default), none.")
+                   "valid/test default), pred (the model's own class scores; --images default), none.")
 @click.option("--pred-threshold", type=float, default=0.5, show_default=True, help="Probability for --gate pred.")
-@click.option("--no-tta", is_flag=True, help="One forward per tile instead of 6 (hflip x brightness 0.9/1/1.1).")
-@click.option("--no-crf", is_flag=True, help="Argmax of the scores instead of the Dense CRF.")
+@click.option("--tta/--no-tta", default=None,
+              help="Test-time augmentation: 6 forwards (hflip x brightness 0.9/1/1.1) for a head, 2 (hflip) for a "
+                   "student [default: on for a head, off for a student].")
+@click.option("--crf/--no-crf", default=None,
+              help="Dense CRF, or argmax of the scores [default: on for a head, off for a student].")
 @click.option("--batch-size", type=int, default=8, show_default=True, help="Tiles per forward (x6 with TTA).")
 @click.option("--workers", type=int, default=2, show_default=True, help="CRF processes (0: in the main process).")
 @click.option("--save-scores", is_flag=True, help="Also write scores/<stem>.npy (float16, classes + background).")
-@click.option("--head", type=click.Choice(["best", "last"]), default="best", show_default=True, help="Which head weights.")
+@click.option("--head", type=click.Choice(["best", "last"]), default="best", show_default=True,
+              help="Which weights of the run (head or student).")
 @click.option("--conch", default=None, help="CONCH weights if not where the run recorded them (fingerprint-checked).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None, help="Backbone precision [default: the run's].")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @user_errors
-def refine(run, data, split, images, out, gate, pred_threshold, no_tta, no_crf, batch_size, workers, save_scores,
+def refine(run, data, split, images, out, gate, pred_threshold, tta, crf, batch_size, workers, save_scores,
            head, conch, device, precision, quiet) -> None:
-    """Masks from a trained run: live CONCH with TTA, CAMs, background channel, Dense CRF.
+    """Masks from a run: a head run runs live CONCH with TTA, CAMs, background channel, Dense CRF; a
+    student run (from `construct distill`) runs its network alone.
 
     Re-running the same command resumes: tiles whose mask exists are skipped.
     """
@@ -300,20 +311,132 @@ def refine(run, data, split, images, out, gate, pred_threshold, no_tta, no_crf, 
         split = "test"
     cfg = RefineConfig(
         run=run, data=data, split=split, images=images, out=out, gate=gate, pred_threshold=pred_threshold,
-        tta=not no_tta, crf=not no_crf, batch_size=batch_size, workers=workers, save_scores=save_scores,
+        tta=tta, crf=crf, batch_size=batch_size, workers=workers, save_scores=save_scores,
         head=head, conch=conch, device=device, precision=precision,
     )
     conch_recipe = read_run_config(run).get("backbones", {}).get("conch")
     if conch_recipe is not None:
         warn_random([BackboneRecipe.from_dict(conch_recipe)])
     result = run_refine(cfg, progress=not quiet)
-    crf_note = "CRF" if cfg.crf else "no CRF"
-    tta_note = "6-way TTA" if cfg.tta else "no TTA"
+    crf_note = "CRF" if result.crf else "no CRF"
+    tta_note = "TTA" if result.tta else "no TTA"
     click.echo(
         f"masks: {result.out} ({result.n_written} written, {result.n_skipped} already there, of "
         f"{result.n_images}; gate {result.gate}, {tta_note}, {crf_note}; {result.seconds:.1f} s, "
         f"{result.tiles_per_s:.1f} tiles/s)"
     )
+
+
+@main.command()
+@click.argument("slides", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--run", "--model", "run", type=click.Path(path_type=Path), required=True,
+              help="A student run (`construct distill`: fast) or a head run (`construct train`: live CONCH). "
+                   "Under torchrun spell it --model (torchrun's own parser takes --run for its --run-path).")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder: OUT/<slide>/ and OUT/summary.csv.")
+@click.option("--mpp", type=float, default=None, help="Model resolution in µm/px [default: the run's training tiles'].")
+@click.option("--slide-mpp", type=float, default=None, help="µm/px of slides whose metadata records none.")
+@click.option("--overlap", type=int, default=None, help="Tile overlap in px at the model's resolution [default: a quarter tile].")
+@click.option("--tissue-threshold", type=float, default=None, help="Saturation above which a pixel is tissue [default: Otsu].")
+@click.option("--tta", is_flag=True, help="Test-time augmentation: 6-way for a head run, flips for a student.")
+@click.option("--pred-threshold", type=float, default=0.5, show_default=True, help="Classifier probability that lets a class into a tile.")
+@click.option("--batch-size", type=int, default=16, show_default=True, help="Tiles per forward.")
+@click.option("--head", type=click.Choice(["best", "last"]), default="best", show_default=True, help="Which head weights.")
+@click.option("--conch", default=None, help="CONCH weights if not where the run recorded them (fingerprint-checked).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None, help="CONCH precision of a head run [default: the run's].")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@user_errors
+def slide(slides, run, out, mpp, slide_mpp, overlap, tissue_threshold, tta, pred_threshold, batch_size, head, conch,
+          device, precision, quiet) -> None:
+    """Segment whole slides (SVS, NDPI, MRXS, tiled TIFF; files, folders or a CSV with a `path` column).
+
+    Writes OUT/<slide>/ mask.ome.tif, annotations.geojson (QuPath), overlay.png, tissue.png, summary.json
+    and OUT/summary.csv. Finished slides are skipped when rerun; a failed slide is reported and the
+    others go on (exit status 1 at the end, with the list).
+    """
+    from construct.distributed import session
+    from construct.slide.model import load_model
+    from construct.slide.run import SlideConfig, list_slides, segment_slides
+
+    paths = list_slides(list(slides))
+    with session(device) as (world, dev):
+        model = load_model(run, tta=tta, device=str(dev), precision=precision, head=head, conch_spec=conch)
+        target = mpp or model.mpp
+        if target is None:
+            raise ConstructError(f"{run}: the run records no training resolution (extracted before "
+                                 f"`extract --mpp`); pass --mpp")
+        if world.is_main:
+            warn_random(model.recipes)
+        cfg = SlideConfig(out=out, target_mpp=target, slide_mpp=slide_mpp, overlap=overlap,
+                          tissue_threshold=tissue_threshold, batch_size=batch_size, pred_threshold=pred_threshold,
+                          meta={"model": model.describe(run, tta)})
+        result = segment_slides(paths, cfg, model.predictor, progress=not quiet and world.is_main,
+                                echo=lambda line: click.echo(line, err=True), world=world)
+    if not world.is_main:
+        return  # under torchrun, rank 0 reports for every process
+    click.echo(f"slides: {out} ({len(result.done)} segmented, {len(result.skipped)} already done, "
+               f"{len(result.failed)} failed, of {len(paths)})")
+    if result.failed:
+        for path, message in result.failed:
+            click.echo(f"  failed: {message}", err=True)
+        raise click.ClickException(f"{len(result.failed)} of {len(paths)} slides failed (listed above)")
+
+
+@main.command()
+@click.option("--run", "--teacher", "run", type=click.Path(path_type=Path), required=True,
+              help="Stage-1 run (from `construct train`): the teacher. Under torchrun spell it --teacher "
+                   "(torchrun's own parser takes --run for its --run-path).")
+@click.option("--data", type=click.Path(path_type=Path), required=True, help="Dataset root: train (targets) and valid (model selection).")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Student run folder.")
+@click.option("--targets", type=click.Path(path_type=Path), default=None,
+              help="Teacher targets made elsewhere [default: made, or reused, in RUN/targets/].")
+@click.option("--classes", default="bcss", show_default=True, help="The dataset's class set: bcss, luad or a JSON file.")
+@click.option("--arch", default="unet", show_default=True, help="unet, fpn or segformer.")
+@click.option("--encoder", default="resnet18", show_default=True,
+              help="resnet18, resnet34, efficientnet-b0, mobilenet-v3, mobilenet-v3-small, mit_b0, mit_b1.")
+@click.option("--encoder-weights", default="none", show_default=True, help="none, imagenet (hub download) or a local file.")
+@click.option("--epochs", type=int, default=20, show_default=True)
+@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="AdamW learning rate, cosine decay.")
+@click.option("--crop", type=int, default=None, help="Train on random crops of this many px (multiple of 32) [default: whole tiles].")
+@click.option("--weighting", type=click.Choice(["uncertainty", "fixed"]), default="uncertainty", show_default=True,
+              help="Loss terms weighted by learned uncertainty (Kendall et al. 2018) or by --w-mse/--w-ce.")
+@click.option("--w-mse", type=float, default=1.0, show_default=True, help="Fixed weight of the soft-score MSE.")
+@click.option("--w-ce", type=float, default=1.0, show_default=True, help="Fixed weight of the boundary-weighted CE.")
+@click.option("--no-tta", is_flag=True, help="Teacher targets without the 6-way TTA.")
+@click.option("--no-crf", is_flag=True, help="Teacher pseudo-masks by argmax instead of the Dense CRF.")
+@click.option("--conch", default=None, help="CONCH weights if not where the run recorded them (fingerprint-checked).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--workers", type=int, default=2, show_default=True, help="CRF processes for the targets.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, ...")
+@click.option("--resume", is_flag=True, help="Continue a killed student run in --out.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@user_errors
+def distill(run, data, out, targets, classes, arch, encoder, encoder_weights, epochs, batch_size, lr, crop, weighting,
+            w_mse, w_ce, no_tta, no_crf, conch, seed, workers, device, resume, quiet) -> None:
+    """Stage 2: train a fast student segmentation network on a run's pseudo-masks.
+
+    The run labels the train split as refine does (file-name labels, TTA, CRF) into RUN/targets/ (resumable,
+    reused); the student learns their soft scores and boundary-weighted masks. `construct refine --run OUT`
+    then needs no CONCH.
+    """
+    from construct.distill.config import DistillConfig
+    from construct.distill.trainer import distill as run_distill
+
+    cfg = DistillConfig(
+        run=run, data=data, out=out, targets=targets, classes=classes, arch=arch, encoder=encoder,
+        encoder_weights=encoder_weights, epochs=epochs, batch_size=batch_size, lr=lr, crop=crop, weighting=weighting,
+        w_mse=w_mse, w_ce=w_ce, tta=not no_tta, crf=not no_crf, conch=conch, seed=seed, target_workers=workers,
+        device=device,
+    )
+    result = run_distill(cfg, resume=resume, progress=not quiet)
+    from construct.distributed import is_main_process
+
+    if not is_main_process():  # under torchrun, rank 0 speaks for every process
+        return
+    best = f", best val mIoU {result.best_miou:.2f}" if result.best_miou is not None else ""
+    click.echo(f"student: {result.run} ({result.n_parameters:,} parameters; targets {result.targets}; final loss "
+               f"{result.final_loss:.4f}{best}; {result.seconds:.1f} s)")
 
 
 @main.command()

@@ -1,4 +1,5 @@
-"""`construct demo`: every phase on the embedded synthetic data with random-tiny backbones, in one folder.
+"""`construct demo`: every phase on the embedded synthetic data with random-tiny backbones, in one folder,
+stage 2 (a distilled student) included.
 
 The folder keeps what each phase made, under the names the phases use by default, so a user can rerun
 any single phase by hand (the commands are printed). Running the demo again in the same folder reuses
@@ -20,7 +21,11 @@ from construct.errors import ConstructError
 
 DEMO_BACKBONE = "random-tiny"  # no download, seconds per phase on a CPU
 DEMO_PRESET = "demo"
+# Stage 2 in the demo: the lightest student, trained briefly on crops, so the whole demo stays short.
+DEMO_STUDENT = {"arch": "segformer", "encoder": "mobilenet-v3-small", "crop": 96, "lr": 3e-3, "batch_size": 16}
+DEMO_STUDENT_EPOCHS = 4
 METRICS_FILE = "metrics.json"
+STUDENT_KEYS = ("mIoU", "mDice", "FwIoU", "pixel_accuracy", "IoU", "Dice", "n_images")
 REPORT_FILE = "report.html"
 
 
@@ -33,6 +38,7 @@ class DemoConfig:
     seed: int = 0
     steps: int | None = None  # None: the demo preset's
     crf_workers: int = 2
+    student_epochs: int = DEMO_STUDENT_EPOCHS
     progress: bool = True
 
     @property
@@ -51,6 +57,14 @@ class DemoConfig:
     def predictions(self) -> Path:
         return self.out / "predictions"
 
+    @property
+    def student(self) -> Path:
+        return self.out / "student"
+
+    @property
+    def student_predictions(self) -> Path:
+        return self.out / "predictions-student"
+
 
 @dataclass
 class DemoResult:
@@ -65,6 +79,8 @@ class DemoResult:
 def _phases(cfg: DemoConfig) -> list[tuple[str, str, Callable[[], str]]]:
     """(name, equivalent command, action returning a one-line summary), in pipeline order."""
     from construct.data.synth import SynthConfig, make_synthetic_dataset
+    from construct.distill.config import DistillConfig
+    from construct.distill.trainer import distill
     from construct.extract.config import ExtractConfig
     from construct.extract.extractor import extract
     from construct.head.io import RUN_CONFIG
@@ -99,7 +115,22 @@ def _phases(cfg: DemoConfig) -> list[tuple[str, str, Callable[[], str]]]:
             return f"all {r.n_skipped} masks already written"
         return f"{r.n_written + r.n_skipped} masks (gate {r.gate}, TTA + CRF, {r.tiles_per_s:.1f} tiles/s)"
 
+    def distill_student() -> str:
+        dc = DistillConfig(run=cfg.run, data=cfg.data, out=cfg.student, epochs=cfg.student_epochs, seed=cfg.seed,
+                           target_workers=cfg.crf_workers, device="cpu", **DEMO_STUDENT)
+        done = (cfg.student / RUN_CONFIG).is_file()
+        r = distill(dc, resume=done, progress=cfg.progress)
+        return f"{r.n_parameters:,} student parameters, best val mIoU {r.best_miou:.2f}"
+
+    def refine_student() -> str:
+        r = refine(RefineConfig(run=cfg.student, data=cfg.data, split="test", out=cfg.student_predictions,
+                                workers=cfg.crf_workers, device="cpu"), progress=cfg.progress)
+        if r.n_written == 0:
+            return f"all {r.n_skipped} masks already written"
+        return f"{r.n_written + r.n_skipped} masks (gate {r.gate}, no TTA, no CRF, {r.tiles_per_s:.1f} tiles/s)"
+
     o = cfg.out
+    student_flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in DEMO_STUDENT.items())
     return [
         ("synth", f"construct synth --out {cfg.data} --train {cfg.n_train} --valid {cfg.n_valid} "
                   f"--test {cfg.n_test} --seed {cfg.seed}", synth),
@@ -112,6 +143,10 @@ def _phases(cfg: DemoConfig) -> list[tuple[str, str, Callable[[], str]]]:
          train_head),
         ("refine", f"construct refine --run {cfg.run} --data {cfg.data} --split test --out {cfg.predictions}",
          refine_test),
+        ("distill", f"construct distill --run {cfg.run} --data {cfg.data} --out {cfg.student} {student_flags} "
+                    f"--epochs {cfg.student_epochs}", distill_student),
+        ("refine student", f"construct refine --run {cfg.student} --data {cfg.data} --split test "
+                           f"--out {cfg.student_predictions}", refine_student),
     ]
 
 
@@ -135,12 +170,16 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> DemoResult
     eval_cmd = (f"construct eval --pred {cfg.predictions} --data {cfg.data} --split test --baselines "
                 f"--json {cfg.out / METRICS_FILE} --report {cfg.out / REPORT_FILE} --features {cfg.features}/train.zarr "
                 f"--run {cfg.run}")
-    echo(f"[{len(phases) + 1}/{len(phases) + 1}] eval: {eval_cmd}")
+    echo(f"[{len(phases) + 1}/{len(phases) + 1}] eval: {eval_cmd}; and the student's: construct eval --pred "
+         f"{cfg.student_predictions} --data {cfg.data} --split test")
     t0 = time.perf_counter()
     # The JSON is written once, below, with the phase times added; the report here.
     metrics = evaluate_predictions(cfg.predictions, cfg.data, "test", classes=BCSS,
                                    report_path=cfg.out / REPORT_FILE, features=cfg.features / "train.zarr",
                                    progress=cfg.progress, baselines=True, run=cfg.run)
+    metrics["student"] = {k: v for k, v in evaluate_predictions(
+        cfg.student_predictions, cfg.data, "test", classes=BCSS, progress=cfg.progress).items()
+        if k in STUDENT_KEYS}
     timings["eval"] = time.perf_counter() - t0
     seconds = time.perf_counter() - start
     metrics["demo"] = {"version": __version__, "config": {k: str(v) if isinstance(v, Path) else v

@@ -72,6 +72,9 @@ def table_rows(result: dict) -> tuple[list[str], list[list[str]], list[str], int
         notes.append(f"Published rows omitted: they are for {PAPER_DATASET} classes {', '.join(PAPER_CLASSES)}.")
     n_published = len(rows)
     rows.append(_measured_row(our_label(result), result, names))
+    if result.get("student"):  # stage 2 (`construct distill`) on the same split, beside the run it learned from
+        rows.append(_measured_row(our_label(result).replace("ours", "ours, distilled student", 1),
+                                  result["student"], names))
     for name, b in (result.get("baselines") or {}).items():
         rows.append(_measured_row(f"baseline: {name}", b, names))
     if result.get("baselines"):

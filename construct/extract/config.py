@@ -8,6 +8,10 @@ from pathlib import Path
 from construct.backbones.registry import DEFAULT_SPECS
 
 PRECISIONS = ("fp32", "bf16")
+# µm/px of BCSS-WSSS tiles: 224-px sliding-window crops of BCSS regions (released at 0.25 µm/px,
+# Amgad et al. 2019), not resized; their file names carry it (`..._MPP-0.2500+0[1101].png`, the
+# dataset's Readme.txt). Recorded in the store so that `construct slide` tiles at the same resolution.
+BCSS_WSSS_MPP = 0.25
 
 
 @dataclass
@@ -19,6 +23,7 @@ class ExtractConfig:
     segformer: str = DEFAULT_SPECS["segformer"]
     classes: str = "bcss"
     image_size: int = 224
+    mpp: float = BCSS_WSSS_MPP  # µm/px of the training tiles
     batch_size: int = 32
     device: str = "auto"
     precision: str = "fp32"

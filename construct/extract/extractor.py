@@ -73,7 +73,7 @@ def _store_spec(cfg: ExtractConfig, samples, classes, conch, segformer) -> Store
         shapes=shapes, text_embeddings=conch.text_embeddings(classes.descriptions).cpu().numpy(),
         contrastive_head=head, dataset_fingerprint=dataset_fingerprint(rel), file_sizes=sizes,
         preprocessing={"image_size": cfg.image_size, "tile_size": TILE_SIZE, "precision": cfg.precision,
-                       "input": "RGB uint8 / 255; CONCH resized (bicubic) to image_size; each backbone's own mean/std"},
+                       "mpp": cfg.mpp, "input": "RGB uint8 / 255; CONCH resized (bicubic) to image_size; each backbone's own mean/std"},
         config=cfg.to_dict(), labels=labels,
     )
 
@@ -96,6 +96,8 @@ def _check_same_inputs(store: FeatureStore, cfg: ExtractConfig, samples: list[Sa
 
 
 def _validate(cfg: ExtractConfig) -> None:
+    if not cfg.mpp > 0:
+        raise ConstructError(f"--mpp {cfg.mpp}: expected the tiles' micrometres per pixel, above 0")
     if cfg.store_dtype not in STORE_DTYPES:
         raise ConstructError(f"--store-dtype {cfg.store_dtype}: expected one of {', '.join(STORE_DTYPES)}")
     if cfg.batch_size < 1 or cfg.shard_rows < 1:

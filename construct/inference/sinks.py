@@ -1,4 +1,6 @@
-"""Sinks that write files per tile: palette PNG masks (refine), optionally with float16 score arrays."""
+"""Sinks: palette PNG masks per tile (refine), optionally with float16 score arrays; a confusion matrix.
+
+The score store sink (distill's teacher targets) is in construct.inference.score_store."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from construct.atomic import atomic_output
 from construct.data.classes import ClassSet
 from construct.data.dataset import write_mask
 from construct.data.sources import Tile
+from construct.evaluate.metrics import confusion_matrix
 from construct.head.scores import mask_index_lut
 
 
@@ -41,3 +44,24 @@ class MaskSink:
 
     def close(self) -> None:
         """Nothing to flush: every tile is complete on disk once written."""
+
+
+class ConfusionSink:
+    """Accumulates a confusion matrix of each tile's labels against its ground-truth mask (model selection
+    without files); the source must carry masks."""
+
+    def __init__(self, classes: ClassSet):
+        self.lut = mask_index_lut(classes)
+        n = classes.n_mask_values
+        self.matrix = np.zeros((n, n), dtype=np.int64)
+
+    def done(self, stem: str) -> bool:
+        return False
+
+    def write(self, tile: Tile, scores: np.ndarray, labels: np.ndarray) -> None:
+        if tile.mask is None:
+            raise ValueError(f"tile {tile.stem} has no ground-truth mask to score against")
+        self.matrix += confusion_matrix(tile.mask, self.lut[labels], self.matrix.shape[0])
+
+    def close(self) -> None:
+        """Nothing to flush: `matrix` holds the result."""

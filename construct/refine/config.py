@@ -31,13 +31,15 @@ class RefineConfig:
     out: Path | None = None  # default RUN/predictions/<split> (or the images folder's name)
     gate: str | None = None
     pred_threshold: float = DEFAULT_PRED_THRESHOLD
-    tta: bool = True  # 6 variants: hflip x brightness 0.9/1.0/1.1
-    crf: bool = True  # Dense CRF with the paper's parameters; False: argmax of the scores
+    # None: the run's default. Head runs: 6 variants (hflip x brightness 0.9/1.0/1.1) and the Dense CRF with
+    # the paper's parameters; student runs: one plain forward (True: + its flip) and argmax.
+    tta: bool | None = None
+    crf: bool | None = None
     batch_size: int = 8  # images per forward (each becomes 6 backbone inputs with TTA)
     workers: int = 2  # CRF (and mask writing) processes; 0 = in the main process
     loader_workers: int = 1  # image decoding processes; 0 = in the main process
     save_scores: bool = False  # also write scores/<stem>.npy, float16 (C + 1, H, W), background last
-    head: str = "best"  # head_best (falls back to head_last when no validation chose one) or head_last
+    head: str = "best"  # best weights (falling back to last when no validation chose one) or last
     conch: str | None = None  # CONCH weights when not at the spec the run recorded (fingerprint-checked)
     device: str = "auto"
     precision: str | None = None  # None: the precision the run's store was extracted with

@@ -1,7 +1,8 @@
-"""`construct refine`: live TTA inference with a trained run, background channel and Dense-CRF masks.
+"""`construct refine`: masks from a run, through the inference pipeline (construct.inference).
 
-An arrangement of the inference pipeline (construct.inference): a split or folder source, the head
-predictor (CONCH + head, each image as its TTA variants), and a PNG mask sink. `refine.json` in the
+A split or folder source, a predictor, a PNG mask sink. The predictor follows the run's kind: a head run
+(`construct train`) gets live CONCH + the head with 6-way TTA and the Dense CRF; a student run (`construct
+distill`) gets the student network alone, flip-TTA and the CRF only when asked for. `refine.json` in the
 output folder records what was run; it is written first with "complete": false and rewritten at the
 end. Re-running the same command skips tiles whose PNG exists.
 """
@@ -9,13 +10,13 @@ end. Re-running the same command skips tiles whose PNG exists.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from construct import __version__
 from construct.atomic import write_text_atomic
 from construct.backbones.recipe import BackboneRecipe
-from construct.backbones.registry import create_backbone
 from construct.backbones.weights import fingerprint
 from construct.data.classes import ClassSet
 from construct.data.dataset import SPLITS, Sample
@@ -26,8 +27,11 @@ from construct.head.model import ConStructHead
 from construct.head.scores import BACKGROUND_POWER
 from construct.inference.crf import CRF_PARAMS
 from construct.inference.head import HeadPredictor, TapBackbone
+from construct.inference.parts import Predictor
 from construct.inference.pipeline import run_inference
+from construct.inference.runs import STUDENT_KIND, head_run_meta, load_conch, run_kind
 from construct.inference.sinks import MaskSink
+from construct.inference.student import StudentPredictor
 from construct.inference.tta import variants_for
 from construct.refine.config import GATES, HEADS, PRECISIONS, REFINE_META, SCORES_DIR, RefineConfig
 from construct.runtime import resolve_device
@@ -46,14 +50,12 @@ class RefineResult:
     gate: str
     random_weights: bool
     backbones: dict[str, BackboneRecipe] = field(default_factory=dict)
+    tta: bool = True
+    crf: bool = True
 
     @property
     def tiles_per_s(self) -> float:
         return self.n_written / self.seconds if self.seconds > 0 else 0.0
-
-
-def _short(fp: str) -> str:
-    return fp[:12]
 
 
 # ---------------------------------------------------------------------------------------- inputs
@@ -99,49 +101,79 @@ def resolve_gate(cfg: RefineConfig, samples: list[Sample]) -> str:
     return gate
 
 
-def _run_meta(cfg: RefineConfig) -> tuple[dict, ClassSet, dict[str, BackboneRecipe], dict]:
-    meta = read_run_config(Path(cfg.run))
-    try:
-        classes = ClassSet.from_dict(meta["classes"])
-        recipes = {k: BackboneRecipe.from_dict(v) for k, v in meta["backbones"].items()}
-        preprocessing = dict(meta["store"]["preprocessing"])
-        preprocessing["tile_size"] = int(preprocessing.get("tile_size", preprocessing["image_size"]))
-    except (KeyError, TypeError, ValueError) as e:
-        raise ConstructError(f"{cfg.run}: run config lacks what refine needs ({type(e).__name__}: {e}); "
-                             f"retrain with this version") from e
-    if "conch" not in recipes:
-        raise ConstructError(f"{cfg.run}: run config records no CONCH backbone")
-    return meta, classes, recipes, preprocessing
+# ---------------------------------------------------------------------------------------- predictors
+
+@dataclass
+class Plan:
+    """What one kind of run contributes to refine: its classes and tile size, the settings that decide
+    its masks, what refine.json records about it, and how to build its predictor (only when needed)."""
+
+    classes: ClassSet
+    tile_size: int
+    tta: bool
+    crf: bool
+    settings: dict
+    record: dict
+    random_weights: bool
+    backbones: dict[str, BackboneRecipe]
+    build: Callable[[], Predictor]
 
 
-def _load_conch(cfg: RefineConfig, recipe: BackboneRecipe, conch: TapBackbone | None) -> TapBackbone:
-    """Rebuild CONCH as the run's store recorded it (or from --conch) and check it is the same weights."""
-    if conch is None:
-        conch = create_backbone("conch", cfg.conch or recipe.spec, recipe.image_size)
-    got = conch.recipe
-    if got.fingerprint != recipe.fingerprint:
-        raise ConstructError(
-            f"conch: weights {got.spec} have fingerprint {_short(got.fingerprint)} but the run's store was "
-            f"built with {recipe.spec} (fingerprint {_short(recipe.fingerprint)}); pass those weights with --conch"
-        )
-    if got.image_size != recipe.image_size:
-        raise ConstructError(f"conch: built for {got.image_size} px but the run used {recipe.image_size} px")
-    return conch
+def _head_plan(cfg: RefineConfig, meta: dict, conch: TapBackbone | None, head: ConStructHead | None) -> Plan:
+    """Stage 1: live CONCH + the head, 6-way TTA and the CRF by default."""
+    _, classes, recipes, preprocessing = head_run_meta(Path(cfg.run))
+    recipe = recipes["conch"]
+    if head is None:
+        head, _ = load_head(cfg.run, cfg.head)
+    if head.config.n_classes != len(classes):
+        raise ConstructError(f"{cfg.run}: head has {head.config.n_classes} classes, the run's class set {len(classes)}")
+    precision = cfg.precision or str(preprocessing.get("precision", "fp32"))
+    tta = True if cfg.tta is None else cfg.tta
+    crf = True if cfg.crf is None else cfg.crf
+    variants = variants_for(tta)
+    tile_size = preprocessing["tile_size"]
+    settings = {
+        "head_fingerprint": fingerprint(iter(head.state_dict().items())),
+        "tta": [v.to_dict() for v in variants], "background_power": BACKGROUND_POWER,
+        "conch_image_size": recipe.image_size, "precision": precision, "conch_fingerprint": recipe.fingerprint,
+    }
+    random_weights = bool(recipe.random_weights or meta["store"].get("random_weights", False))
+
+    def build() -> Predictor:
+        backbone = load_conch(recipe, cfg.conch, conch)  # checked before anything is written
+        return HeadPredictor(backbone, head, classes, tile_size, variants, precision, resolve_device(cfg.device))
+
+    return Plan(classes, tile_size, tta, crf, settings, {"n_variants": len(variants), "head": cfg.head},
+                random_weights, {"conch": recipe}, build)
+
+
+def _student_plan(cfg: RefineConfig) -> Plan:
+    """Stage 2: the student alone; flip-TTA and the CRF only when asked for."""
+    from construct.distill.io import load_student
+
+    student, meta = load_student(Path(cfg.run), cfg.head)
+    classes, tile_size = ClassSet.from_dict(meta["classes"]), int(meta["tile_size"])
+    tta = bool(cfg.tta)
+    crf = bool(cfg.crf)
+    settings = {"student_fingerprint": fingerprint(iter(student.state_dict().items())), "flip_tta": tta}
+    record = {"n_variants": 2 if tta else 1, "head": cfg.head, "student": meta["student"]}
+
+    def build() -> Predictor:
+        return StudentPredictor(student, classes, tile_size, flip_tta=tta, device=resolve_device(cfg.device))
+
+    return Plan(classes, tile_size, tta, crf, settings, record, bool(meta.get("random_weights", False)), {}, build)
 
 
 # ---------------------------------------------------------------------------------------- refine.json
 
-def _settings(cfg: RefineConfig, gate: str, head_fp: str, recipe: BackboneRecipe, preprocessing: dict,
-              precision: str, variants) -> dict:
+def _settings(cfg: RefineConfig, plan: Plan, gate: str) -> dict:
     """Everything that decides the masks: resuming into a folder made with other settings is refused."""
     source = ({"images": str(Path(cfg.images).resolve())} if cfg.images is not None
               else {"data": str(Path(cfg.data).resolve()), "split": cfg.split})
     return {
-        "run": str(Path(cfg.run).resolve()), "head_fingerprint": head_fp, **source, "gate": gate,
+        "run": str(Path(cfg.run).resolve()), **source, "gate": gate,
         "pred_threshold": cfg.pred_threshold if gate == "pred" else None,
-        "tta": [v.to_dict() for v in variants], "crf": dict(CRF_PARAMS) if cfg.crf else None,
-        "background_power": BACKGROUND_POWER, "tile_size": preprocessing["tile_size"],
-        "conch_image_size": recipe.image_size, "precision": precision, "conch_fingerprint": recipe.fingerprint,
+        "crf": dict(CRF_PARAMS) if plan.crf else None, "tile_size": plan.tile_size, **plan.settings,
     }
 
 
@@ -181,44 +213,37 @@ def refine(
     progress: bool = True,
 ) -> RefineResult:
     """Write `<stem>.png` masks for every tile of the source into `cfg.out_path` (resuming if it already
-    holds some from the same settings). `conch` (anything with `recipe` and `taps(images01,
-    with_embedding=...)`) and `head` may be passed in instead of being built from the run."""
+    holds some from the same settings). A head run (`construct train`) runs live CONCH: `conch` (anything
+    with `recipe` and `taps(images01, with_embedding=...)`) and `head` may be passed in instead of being
+    built from the run. A student run (`construct distill`) needs neither."""
     _validate(cfg)
-    meta, classes, recipes, preprocessing = _run_meta(cfg)
-    recipe = recipes["conch"]
-    source = make_source(cfg, classes, preprocessing["tile_size"])
+    meta = read_run_config(Path(cfg.run))
+    plan = _student_plan(cfg) if run_kind(meta) == STUDENT_KIND else _head_plan(cfg, meta, conch, head)
+    classes = plan.classes
+    source = make_source(cfg, classes, plan.tile_size)
     samples = source.samples
     gate = resolve_gate(cfg, samples)
     source.with_masks = gate == "gt"  # masks are decoded only when they gate
-    if head is None:
-        head, _ = load_head(cfg.run, cfg.head)
-    if head.config.n_classes != len(classes):
-        raise ConstructError(f"{cfg.run}: head has {head.config.n_classes} classes, the run's class set {len(classes)}")
-    head_fp = fingerprint(iter(head.state_dict().items()))
-    precision = cfg.precision or str(preprocessing.get("precision", "fp32"))
-    variants = variants_for(cfg.tta)
     out = cfg.out_path
-    settings = _settings(cfg, gate, head_fp, recipe, preprocessing, precision, variants)
+    settings = _settings(cfg, plan, gate)
     resuming = _check_out(out, settings, samples)
     sink = MaskSink(out, classes, out / SCORES_DIR if cfg.save_scores else None, resume=resuming)
     pending = [s for s in samples if not sink.done(s.image_id)]
-    random_weights = bool(recipe.random_weights or meta["store"].get("random_weights", False))
     record = {
         "format": REFINE_FORMAT, "format_version": REFINE_FORMAT_VERSION, "package_version": __version__,
-        "complete": False, "random_weights": random_weights, "backbones": {"conch": recipe.to_dict()},
+        "complete": False, "random_weights": plan.random_weights, "kind": run_kind(meta),
+        "backbones": {k: r.to_dict() for k, r in plan.backbones.items()},
         "run": settings["run"], "split": cfg.split, "data": settings.get("data"), "images": settings.get("images"),
-        "gate": gate, "tta": cfg.tta, "n_variants": len(variants), "crf": cfg.crf, "head": cfg.head,
+        "gate": gate, "tta": plan.tta, "crf": plan.crf, **plan.record,
         "classes": classes.names, "n_images": len(samples), "settings": settings,
     }
-    result = RefineResult(out, len(samples), 0, len(samples) - len(pending), 0.0, gate, random_weights,
-                          {"conch": recipe})
+    result = RefineResult(out, len(samples), 0, len(samples) - len(pending), 0.0, gate, plan.random_weights,
+                          dict(plan.backbones), plan.tta, plan.crf)
     if pending:
-        conch = _load_conch(cfg, recipe, conch)  # checked before anything is written
-        predictor = HeadPredictor(conch, head, classes, preprocessing["tile_size"], variants, precision,
-                                  resolve_device(cfg.device))
+        predictor = plan.build()
         out.mkdir(parents=True, exist_ok=True)
         _write_meta(out, record)
-        stats = run_inference(source, predictor, [sink], gate, crf=cfg.crf, batch_size=cfg.batch_size,
+        stats = run_inference(source, predictor, [sink], gate, crf=plan.crf, batch_size=cfg.batch_size,
                               workers=cfg.workers, pred_threshold=cfg.pred_threshold, progress=progress,
                               total=len(pending), desc=f"refine {source.name}")
         result.seconds, result.n_written = stats.seconds, stats.n_written

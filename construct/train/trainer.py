@@ -18,6 +18,7 @@ from construct.distributed import World, all_reduce_sum, env_world, process_devi
 from construct.errors import ConstructError
 from construct.head.io import HEAD_FILES, RUN_CONFIG, read_run_config, save_head, write_run_config
 from construct.head.model import ConStructHead, HeadConfig
+from construct.inference.runs import HEAD_KIND, require_kind
 from construct.head.pooler import ContrastiveHead
 from construct.seeding import seeded_init
 from construct.store import FeatureStore
@@ -135,6 +136,8 @@ def _start(cfg: TrainConfig, resume: bool, progress: bool, world: World, device:
     _check_stores(cfg, store, val, needed)
     run = Path(cfg.out)
     ckpt_path = run / CHECKPOINT
+    if resume and (run / RUN_CONFIG).is_file():
+        require_kind(run, read_run_config(run), HEAD_KIND, "train --resume")
     if resume and not ckpt_path.is_file():
         if not (run / RUN_CONFIG).is_file():
             raise ConstructError(f"{run}: nothing to resume (no {CHECKPOINT})")

@@ -24,9 +24,10 @@ def demo_run(tmp_path_factory):
 
 def test_every_phase_printed_with_its_command_and_the_table(demo_run):
     _, output = demo_run
-    for phase in ("synth", "extract train", "extract valid", "train", "refine", "eval"):
+    for phase in ("synth", "extract train", "extract valid", "train", "refine", "distill", "refine student", "eval"):
         assert f"] {phase}: construct " in output
     assert "baseline: labelled-everywhere" in output and "ours (random backbones, synthetic data)" in output
+    assert "ours, distilled student (random backbones, synthetic data)" in output
 
 
 def test_folder_keeps_each_phase_output(demo_run):
@@ -35,6 +36,8 @@ def test_folder_keeps_each_phase_output(demo_run):
     assert (out / "features" / "train.zarr").is_dir() and (out / "features" / "valid.zarr").is_dir()
     assert (out / "run" / "head_best.safetensors").is_file()
     assert len(list((out / "predictions").glob("*.png"))) == 12
+    assert (out / "student" / "student_best.safetensors").is_file()
+    assert len(list((out / "predictions-student").glob("*.png"))) == 12
     report = (out / "report.html").read_text()
     assert "<table" in report and "learned by the run" in report  # gallery of the trained prototypes
 
@@ -47,7 +50,9 @@ def test_test_miou_clearly_beats_the_trivial_baselines(demo_run):
     assert set(baselines) == {"all-background", "labelled-everywhere"}
     assert metrics["mIoU"] > max(b["mIoU"] for b in baselines.values()) + MARGIN
     assert "beats the trivial baselines" in output
-    assert set(metrics["demo"]["phases"]) == {"synth", "extract train", "extract valid", "train", "refine", "eval"}
+    assert set(metrics["demo"]["phases"]) == {"synth", "extract train", "extract valid", "train", "refine", "distill",
+                                              "refine student", "eval"}
+    assert metrics["student"]["n_images"] == 12 and 0 <= metrics["student"]["mIoU"] <= 100
 
 
 def test_rerun_reuses_finished_phases(demo_run):
@@ -58,6 +63,7 @@ def test_rerun_reuses_finished_phases(demo_run):
     after = json.loads((out / "metrics.json").read_text())
     assert after["mIoU"] == before["mIoU"]
     assert "all 12 masks already written" in result.output
+    assert after["student"]["mIoU"] == before["student"]["mIoU"]
 
 
 def test_other_settings_in_the_same_folder_are_refused(demo_run):

@@ -1,0 +1,46 @@
+"""Distill settings: what the student is, how it learns, and how the teacher targets are made."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+WEIGHTINGS = ("uncertainty", "fixed")
+
+
+@dataclass
+class DistillConfig:
+    run: Path  # the stage-1 (head) run: the teacher
+    data: Path  # dataset root: train split (targets, training) and valid split (model selection)
+    out: Path  # the student run folder
+    targets: Path | None = None  # a score store made elsewhere; default RUN/targets/<data fingerprint>.zarr
+    classes: str = "bcss"  # the dataset's class set, checked against the run's
+    arch: str = "unet"
+    encoder: str = "resnet18"
+    encoder_weights: str = "none"  # none, imagenet (hub download) or a local file
+    epochs: int = 20
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    weighting: str = "uncertainty"  # learnable (Kendall et al. 2018) or fixed weights w_mse / w_ce
+    w_mse: float = 1.0
+    w_ce: float = 1.0
+    crop: int | None = None  # train on random crops of this many px (a multiple of 32); None: whole tiles
+    boundary_radius: int = 3  # px around pseudo-mask boundaries whose cross-entropy is weighted up
+    boundary_boost: float = 2.0  # weight there is 1 + boost
+    seed: int = 0
+    workers: int = 0  # image decoding processes for training
+    device: str = "auto"
+    # Teacher targets: refine's own path over the train split.
+    tta: bool = True
+    crf: bool = True
+    target_batch_size: int = 8
+    target_workers: int = 2  # CRF processes
+    conch: str | None = None
+    precision: str | None = None
+
+    def to_dict(self) -> dict:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+
+    def student_dict(self) -> dict:
+        return {"arch": self.arch, "encoder": self.encoder, "encoder_weights": self.encoder_weights}

@@ -1,0 +1,1 @@
+"""Whole slides: tissue detection, tiling at the model's resolution, stitched outputs (`construct slide`)."""

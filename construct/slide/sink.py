@@ -1,0 +1,112 @@
+"""The stitched-slide sink: blends tiles' scores into the slide's label image and, at `close()`, writes
+mask.ome.tif, annotations.geojson, overlay.png, tissue.png and summary.json.
+
+Everything is written in a scratch folder and moved into place as one folder at the end, so the output
+folder of a slide either holds all its files or does not exist: a killed slide leaves only scratch,
+which the next run removes before starting that slide again.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from construct.data.classes import ClassSet
+from construct.data.sources import Tile
+from construct.head.scores import mask_index_lut
+from construct.slide.grid import Grid, blend_window
+from construct.slide.outputs import OVERLAY_SIDE, geojson, overlay, pyramid, write_json, write_ome_tiff
+from construct.slide.reader import Slide
+from construct.slide.stitch import Stitcher
+from construct.slide.tissue import TissueMask
+
+OUTPUT_FILES = ("mask.ome.tif", "annotations.geojson", "overlay.png", "tissue.png", "summary.json")
+
+
+class StitchedSlideSink:
+    def __init__(self, out_dir: Path, work_dir: Path, slide: Slide, grid: Grid, tissue: TissueMask,
+                 origins: list[tuple[int, int]], classes: ClassSet, target_mpp: float, meta: dict):
+        self.out_dir, self.work_dir = Path(out_dir), Path(work_dir)
+        self.slide, self.grid, self.tissue, self.classes = slide, grid, tissue, classes
+        self.target_mpp = target_mpp
+        self.meta = meta
+        self.n_tiles = len(origins)
+        self.window = blend_window(grid.tile, grid.overlap)
+        self.lut = mask_index_lut(classes)
+        self.counts = np.zeros(256, np.int64)  # grid pixels per mask index, inside tissue
+        self.tissue_px = 0
+        self.start = time.perf_counter()
+        self.written: dict | None = None  # the summary, once close() has moved the outputs into place
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.stitcher = Stitcher(self.work_dir, len(classes) + 1, grid.height, grid.width, grid.tile, origins,
+                                 self._finish_block, fill=classes.background_index)
+
+    def done(self, stem: str) -> bool:
+        # Open blocks are in memory only, so a killed slide restarts whole: no tile is ever done before.
+        return False
+
+    def write(self, tile: Tile, scores: np.ndarray, labels: np.ndarray) -> None:
+        x, y = tile.origin
+        self.stitcher.add(x, y, scores * self.window)
+
+    def _tissue_block(self, r0: int, c0: int, h: int, w: int) -> np.ndarray:
+        """Tissue mask at the grid pixels of a block (nearest: each grid pixel's centre)."""
+        f = self.grid.scale / self.tissue.downsample
+        mh, mw = self.tissue.mask.shape
+        rows = np.minimum(((np.arange(r0, r0 + h) + 0.5) * f).astype(np.int64), mh - 1)
+        cols = np.minimum(((np.arange(c0, c0 + w) + 0.5) * f).astype(np.int64), mw - 1)
+        return self.tissue.mask[np.ix_(rows, cols)]
+
+    def _finish_block(self, origin: tuple[int, int], acc: np.ndarray) -> np.ndarray:
+        labels = self.lut[acc.argmax(axis=0)]
+        inside = self._tissue_block(*origin, *labels.shape)
+        labels[~inside] = self.classes.background_index  # glass is never a tissue class
+        self.counts += np.bincount(labels[inside], minlength=256)
+        self.tissue_px += int(inside.sum())
+        return labels
+
+    def summary(self) -> dict:
+        px_mm2 = (self.target_mpp / 1000.0) ** 2
+        tissue_mm2 = self.tissue_px * px_mm2
+        classes = {}
+        for c in self.classes.classes:
+            n = int(self.counts[c.mask_index])
+            classes[c.name] = {"area_mm2": round(n * px_mm2, 6),
+                               "percent_tissue": round(100.0 * n / self.tissue_px, 4) if self.tissue_px else 0.0}
+        background = int(self.counts[self.classes.background_index])
+        w0, h0 = self.slide.dimensions
+        return {
+            "slide": str(self.slide.path), "mpp": self.target_mpp, "slide_mpp": self.slide.mpp,
+            "slide_mpp_source": self.slide.mpp_source, "slide_size": [w0, h0],
+            "grid_size": [self.grid.width, self.grid.height], "tile_size": self.grid.tile,
+            "overlap": self.grid.overlap, "tiles": self.n_tiles, "tissue_threshold": self.tissue.threshold,
+            "tissue_mm2": round(tissue_mm2, 6), "classes": classes,
+            "background_in_tissue_mm2": round(background * px_mm2, 6),
+            "seconds": round(time.perf_counter() - self.start, 3), **self.meta,
+        }
+
+    def close(self) -> None:
+        """Write every output into scratch, then move the folder into place; `written` is the summary."""
+        self.stitcher.close()
+        staging = self.work_dir / "out"
+        staging.mkdir()
+        labels = self.stitcher.labels
+        levels = pyramid(labels, self.work_dir)
+        name = self.out_dir.name
+        write_ome_tiff(staging / "mask.ome.tif", levels, self.target_mpp, name)
+        write_json(staging / "annotations.geojson", geojson(labels, self.classes, self.grid.scale))
+        Image.fromarray(self.tissue.mask.astype(np.uint8) * 255).save(staging / "tissue.png")
+        summary = self.summary()
+        percents = {k: v["percent_tissue"] for k, v in summary["classes"].items()}
+        w0, h0 = self.slide.dimensions
+        thumb = self.slide.thumbnail(max(1.0, max(w0, h0) / OVERLAY_SIDE))
+        # Fast deflate: a noisy 1024 px thumbnail at the default level costs a second, for 10% less size.
+        overlay(thumb, np.asarray(levels[-1][:]), self.classes, percents).save(staging / "overlay.png", compress_level=1)
+        summary["seconds"] = round(time.perf_counter() - self.start, 3)
+        write_json(staging / "summary.json", summary)
+        os.replace(staging, self.out_dir)
+        self.written = summary
