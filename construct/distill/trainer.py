@@ -15,7 +15,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from construct.atomic import atomic_output, write_text_atomic
-from construct.backbones.weights import seeded_init
+from construct.seeding import seeded_init
 from construct.data.classes import load_classes
 from construct.data.sources import split_source
 from construct.distill.config import WEIGHTINGS, DistillConfig
