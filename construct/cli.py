@@ -11,6 +11,7 @@ import click
 
 from construct import __version__
 from construct.errors import ConstructError
+from construct.store.in_memory import DEFAULT_MEMORY_GB
 
 SPLITS = ("train", "valid", "test")
 RANDOM_WARNING = (
@@ -172,9 +173,13 @@ TRAIN_OPTIONS = (
     click.option("--seed", type=int, default=None, help="[default: 0]"),
     click.option("--device", default=None, help="auto, cpu, cuda, ..."),
     click.option("--workers", type=int, default=None, help="Store reading processes [default: 0 on CPU, 1 with a GPU]."),
+    click.option("--memory-gb", type=float, default=None,
+                 help="Read a store whose training arrays fit in this many GiB into RAM once [default: 4; 0: stream]."),
 )
+# Where a run runs, not what it learns: a resumed run may change these.
+PLACEMENT_FLAGS = ("device", "workers", "memory_gb")
 TRAIN_FLAGS = ("steps", "epochs", "batch_size", "lr", "warmup", "loss_weighting", "aux_ramp", "augment", "seed",
-               "device", "workers")
+               *PLACEMENT_FLAGS)
 
 
 def train_options(fn: Callable) -> Callable:
@@ -209,8 +214,8 @@ def train(features, val_features, out, preset, config_file, no_distill, no_contr
         meta = read_run_config(out)
         require_kind(out, meta, HEAD_KIND, "train --resume")
         saved = meta["train"]
-        # The run folder may have moved; where it runs (device, loader processes) may change too.
-        saved.update(out=str(out), **{k: flags[k] for k in ("device", "workers") if flags[k] is not None})
+        # The run folder may have moved; where it runs (device, loader processes, memory) may change too.
+        saved.update(out=str(out), **{k: flags[k] for k in PLACEMENT_FLAGS if flags[k] is not None})
         cfg = resolve_config(saved["preset"], None, **{k: v for k, v in saved.items() if k != "preset"})
     else:
         cfg = resolve_config(
@@ -409,11 +414,13 @@ def slide(slides, run, out, mpp, slide_mpp, overlap, tissue_threshold, tta, pred
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--workers", type=int, default=2, show_default=True, help="CRF processes for the targets.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, ...")
+@click.option("--memory-gb", type=float, default=DEFAULT_MEMORY_GB, show_default=True,
+              help="Read targets that fit in this many GiB into RAM once (0: stream them).")
 @click.option("--resume", is_flag=True, help="Continue a killed student run in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @user_errors
 def distill(run, data, out, targets, classes, arch, encoder, encoder_weights, epochs, batch_size, lr, crop, weighting,
-            w_mse, w_ce, no_tta, no_crf, conch, seed, workers, device, resume, quiet) -> None:
+            w_mse, w_ce, no_tta, no_crf, conch, seed, workers, device, memory_gb, resume, quiet) -> None:
     """Stage 2: train a fast student segmentation network on a run's pseudo-masks.
 
     The run labels the train split as refine does (file-name labels, TTA, CRF) into RUN/targets/ (resumable,
@@ -427,7 +434,7 @@ def distill(run, data, out, targets, classes, arch, encoder, encoder_weights, ep
         run=run, data=data, out=out, targets=targets, classes=classes, arch=arch, encoder=encoder,
         encoder_weights=encoder_weights, epochs=epochs, batch_size=batch_size, lr=lr, crop=crop, weighting=weighting,
         w_mse=w_mse, w_ce=w_ce, tta=not no_tta, crf=not no_crf, conch=conch, seed=seed, target_workers=workers,
-        device=device,
+        device=device, memory_gb=memory_gb,
     )
     result = run_distill(cfg, resume=resume, progress=not quiet)
     from construct.distributed import is_main_process

@@ -23,7 +23,7 @@ DEMO_BACKBONE = "random-tiny"  # no download, seconds per phase on a CPU
 DEMO_PRESET = "demo"
 # Stage 2 in the demo: the lightest student, trained briefly on crops, so the whole demo stays short.
 DEMO_STUDENT = {"arch": "segformer", "encoder": "mobilenet-v3-small", "crop": 96, "lr": 3e-3, "batch_size": 16}
-DEMO_STUDENT_EPOCHS = 4
+DEMO_STUDENT_EPOCHS = 3
 METRICS_FILE = "metrics.json"
 STUDENT_KEYS = ("mIoU", "mDice", "FwIoU", "pixel_accuracy", "IoU", "Dice", "n_images")
 REPORT_FILE = "report.html"

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from construct.store.in_memory import DEFAULT_MEMORY_GB
+
 WEIGHTINGS = ("uncertainty", "fixed")
 
 
@@ -30,6 +32,7 @@ class DistillConfig:
     boundary_boost: float = 2.0  # weight there is 1 + boost
     seed: int = 0
     workers: int = 0  # image decoding processes for training
+    memory_gb: float = DEFAULT_MEMORY_GB  # targets that fit are read into RAM once, larger ones stream
     device: str = "auto"
     # Teacher targets: refine's own path over the train split.
     tta: bool = True

@@ -34,6 +34,7 @@ from construct.inference.runs import STUDENT_KIND, head_run_meta, require_kind
 from construct.inference.score_store import ScoreStore
 from construct.inference.sinks import ConfusionSink
 from construct.inference.student import StudentPredictor
+from construct.store.in_memory import gib
 from construct.train.ddp import BatchShare, convert_sync_batchnorm, wrap
 
 CHECKPOINT = "distill_checkpoint.pt"
@@ -160,6 +161,7 @@ def _distill(cfg: DistillConfig, resume: bool, conch: TapBackbone | None, progre
     model = model.to(device)
     student = model.student
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    store.keep_in_memory(gib(cfg.memory_gb))
     dataset = TargetSet(source.samples, store, tile_size)
     n_batches = len(epoch_batches(len(dataset), cfg.batch_size, cfg.seed, 0, world.world_size))
     total_steps = cfg.epochs * n_batches

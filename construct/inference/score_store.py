@@ -19,7 +19,9 @@ import numpy as np
 from construct import __version__
 from construct.data.sources import Tile
 from construct.errors import ConstructError
+from construct.store.in_memory import read_whole_if_fits
 
+READ_ARRAYS = ("scores", "labels", "gate")
 SCORE_STORE_FORMAT = "construct-score-store"
 SCORE_STORE_VERSION = 1
 SHARD_ROWS = 32  # ~8 MB of 5-channel 224 px scores per shard file
@@ -49,6 +51,7 @@ class ScoreStore:
         self.stems: list[str] = list(group.attrs["stems"])
         self.row_of = {s: i for i, s in enumerate(self.stems)}
         self.compat: dict = dict(group.attrs["compat"])
+        self._in_memory: dict[str, np.ndarray] = {}
 
     @classmethod
     def create(cls, path: Path, stems: list[str], n_classes: int, tile_size: int, compat: dict) -> "ScoreStore":
@@ -126,9 +129,16 @@ class ScoreStore:
         done[sel - a] = 1
         self.group["done"][a:b] = done
 
+    def keep_in_memory(self, budget_bytes: int) -> bool:
+        """Read the whole store into RAM when it fits in the budget (store/in_memory.py says why)."""
+        self._in_memory = read_whole_if_fits(self.group, READ_ARRAYS, budget_bytes) or {}
+        return bool(self._in_memory)
+
     def read(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(scores uint8, labels, gate) of the given rows."""
         rows = np.asarray(rows)
+        if self._in_memory:
+            return tuple(self._in_memory[n][rows] for n in READ_ARRAYS)
         return (np.stack([self.group["scores"][int(r)] for r in rows]),
                 np.stack([self.group["labels"][int(r)] for r in rows]), self.group["gate"][...][rows])
 

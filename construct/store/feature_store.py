@@ -21,6 +21,7 @@ from construct import __version__
 from construct.backbones.recipe import BackboneRecipe
 from construct.data.classes import ClassSet
 from construct.errors import ConstructError
+from construct.store.in_memory import read_whole_if_fits
 from construct.store.quantize import dequantize_int8, quantize_int8
 
 STORE_FORMAT = "construct-feature-store"
@@ -356,6 +357,14 @@ class FeatureStore:
         out = np.empty_like(data, dtype=np.float32 if data.dtype.kind == "f" else data.dtype)
         out[order] = data
         return out
+
+    def keep_in_memory(self, names: Sequence[str], budget_bytes: int) -> bool:
+        """Read the named row arrays (and their int8 scales) whole into RAM when they fit in the budget;
+        later `read`s slice them there (store/in_memory.py says why)."""
+        names = [n for name in names for n in (name, name + SCALE_SUFFIX) if self.has(n)]
+        arrays = read_whole_if_fits(self._group, names, budget_bytes)
+        self._arrays.update(arrays or {})
+        return arrays is not None
 
     def _array(self, name: str):
         """An array's handle, kept: opening one reads its metadata from disk (about 1 ms, per batch and array)."""

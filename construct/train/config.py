@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from construct.errors import ConstructError
+from construct.store.in_memory import DEFAULT_MEMORY_GB
 
 
 @dataclass
@@ -58,6 +59,9 @@ class TrainConfig:
     # prototypes only, 66.8.
     contrast_mask_grad: bool = False
     augment: bool = True
+    # Stores whose training arrays fit in this many GiB are read into RAM once (per process) and sliced
+    # there; larger ones stream from disk, batch by batch.
+    memory_gb: float = DEFAULT_MEMORY_GB
     # Store reading processes; None: 0 on CPU, where a loader process takes a core from the step's own
     # threads (benchmarks/README.md, two_phase), 1 with a GPU, where reads overlap the device's work.
     workers: int | None = None

@@ -14,14 +14,15 @@ from construct.store import FeatureStore
 class StoreBatches(Dataset):
     """Item i = batch i of row indices → tensors of the requested arrays (+ labels).
 
-    The store is opened lazily in each worker process, so nothing large crosses process boundaries.
+    Given a path, the store is opened lazily in each worker process, so nothing large crosses process
+    boundaries; given an open store (one kept in memory), batches are read from it in this process.
     """
 
-    def __init__(self, path: str, names: Sequence[str], batches: Sequence[np.ndarray]):
-        self.path = path
+    def __init__(self, store: str | FeatureStore, names: Sequence[str], batches: Sequence[np.ndarray]):
+        self.path = str(store.path) if isinstance(store, FeatureStore) else store
         self.names = tuple(names)
         self.batches = list(batches)
-        self._store: FeatureStore | None = None
+        self._store: FeatureStore | None = store if isinstance(store, FeatureStore) else None
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -41,6 +42,7 @@ def epoch_batches(n_rows: int, batch_size: int, seed: int, epoch: int) -> list[n
     return [order[i * batch_size: (i + 1) * batch_size] for i in range(n_full)]
 
 
-def batch_loader(path: str, names: Sequence[str], batches: Sequence[np.ndarray], workers: int) -> DataLoader:
-    return DataLoader(StoreBatches(path, names, batches), batch_size=None, shuffle=False,
+def batch_loader(store: str | FeatureStore, names: Sequence[str], batches: Sequence[np.ndarray],
+                 workers: int) -> DataLoader:
+    return DataLoader(StoreBatches(store, names, batches), batch_size=None, shuffle=False,
                       num_workers=workers, prefetch_factor=4 if workers else None)

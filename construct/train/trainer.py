@@ -22,6 +22,7 @@ from construct.inference.runs import HEAD_KIND, require_kind
 from construct.head.pooler import ContrastiveHead
 from construct.seeding import seeded_init
 from construct.store import FeatureStore
+from construct.store.in_memory import gib
 from construct.train.augment import apply_symmetries, draw_symmetries
 from construct.train.config import TrainConfig
 from construct.train.data import batch_loader, epoch_batches
@@ -212,13 +213,18 @@ def _train(cfg, store, val, hc, run, device, resume, progress, world: World) -> 
     start = time.perf_counter()
     last_loss = state["records"][-1]["loss_total"] if state["records"] else float("nan")
     model = wrap(head, world, device)
-    workers = cfg.loader_workers(device.type)
+    workers, source = cfg.loader_workers(device.type), cfg.features
+    budget = gib(cfg.memory_gb)
+    if store.keep_in_memory(names, budget):
+        workers, source = 0, store  # slicing RAM needs no loader process
+    if val is not None:
+        val.keep_in_memory(head.input_taps + ("mask",), budget)
     every = cfg.record_every(per_epoch)
     head.train()
     bar = tqdm(total=total_steps, initial=state["global_step"], desc="train", unit="step", disable=not progress,
                dynamic_ncols=True)
-    for step, batch, share in _steps(cfg, store.n_rows, per_epoch, total_steps, state["global_step"], names,
-                                     workers, world):
+    for step, batch, share in _steps(cfg, source, store.n_rows, per_epoch, total_steps, state["global_step"],
+                                     names, workers, world):
         maps = _to_maps(batch, hc.grid, device)
         if cfg.augment:
             g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
@@ -272,8 +278,8 @@ def lr_factor(step: int, total: int, warmup: int, power: float) -> float:
     return max(0.0, 1 - (step - warmup) / max(1, total - warmup)) ** power
 
 
-def _steps(cfg: TrainConfig, n_rows: int, per_epoch: int, total: int, first: int, names: list[str], workers: int,
-           world: World):
+def _steps(cfg: TrainConfig, source: str | FeatureStore, n_rows: int, per_epoch: int, total: int, first: int,
+           names: list[str], workers: int, world: World):
     """(global step, this process's part of its batch, its share) from `first` to `total`: epochs of seeded
     permutations, the last one cut short where the step budget ends."""
     for epoch in range(first // per_epoch, math.ceil(total / per_epoch)):
@@ -281,7 +287,7 @@ def _steps(cfg: TrainConfig, n_rows: int, per_epoch: int, total: int, first: int
         lo, hi = max(first - epoch * per_epoch, 0), min(total - epoch * per_epoch, per_epoch)
         shares = [BatchShare(len(b), world) for b in batches[lo:hi]]
         mine = [b[sh.rows()] for b, sh in zip(batches[lo:hi], shares)]  # each process reads its part
-        for i, batch in enumerate(batch_loader(cfg.features, names, mine, workers)):
+        for i, batch in enumerate(batch_loader(source, names, mine, workers)):
             yield epoch * per_epoch + lo + i, batch, shares[i]
 
 

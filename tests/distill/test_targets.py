@@ -44,6 +44,16 @@ def test_targets_hold_scores_crf_masks_and_file_name_labels(tiny_run, reference)
             assert scores[j, c].max() == 0 and not (labels[j] == c).any()
 
 
+def test_targets_kept_in_memory_read_what_disk_reads(reference):
+    path, stems, scores, labels, gate = reference
+    store = ScoreStore.open(path)
+    assert not store.keep_in_memory(budget_bytes=scores.nbytes)  # the masks and gates do not fit too
+    assert store.keep_in_memory(budget_bytes=scores.nbytes + labels.nbytes + gate.nbytes)
+    rows = np.array([5, 0, 11, 5])
+    for got, want in zip(store.read(rows), (scores, labels, gate)):
+        np.testing.assert_array_equal(got, want[rows])
+
+
 def test_interrupted_targets_resume_to_the_same_store(tiny_run, reference, tmp_path, monkeypatch):
     path, _, scores, labels, gate = reference
     monkeypatch.setattr(score_store, "SHARD_ROWS", 4)

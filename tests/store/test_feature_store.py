@@ -12,7 +12,7 @@ from construct.errors import ConstructError
 from construct.store import FeatureStore, StoreLayout
 from construct.store.quantize import dequantize_int8, quantize_int8
 
-from .helpers import N_ROWS, make_spec, recipe, shard_arrays
+from .helpers import N_ROWS, TOKENS, WIDTH, make_spec, recipe, shard_arrays
 
 
 def fill(store: FeatureStore, shards=None, seed: int = 0) -> dict[str, np.ndarray]:
@@ -102,6 +102,33 @@ def test_read_returns_rows_in_the_order_asked(tmp_path, rows):
     batch = store.read_batch(rows, ["conch_b3", "seg_s3"])
     assert set(batch) == {"conch_b3", "seg_s3", "labels"}
     np.testing.assert_array_equal(batch["labels"], data["labels"][rows])
+
+
+@pytest.mark.parametrize("store_dtype", ["float16", "int8"])
+def test_a_store_kept_in_memory_reads_what_disk_reads(tmp_path, store_dtype):
+    FeatureStore.create(tmp_path / "s.zarr", make_spec(store_dtype=store_dtype))
+    fill(FeatureStore.open(tmp_path / "s.zarr", mode="r+", require_complete=False))
+    on_disk, in_memory = FeatureStore.open(tmp_path / "s.zarr"), FeatureStore.open(tmp_path / "s.zarr")
+    names = ["conch_b3", "seg_s3", "mask"]
+    assert in_memory.keep_in_memory(names, budget_bytes=1 << 20)
+    chunks = [d for d in (tmp_path / "s.zarr").glob("*/c")]
+    for i, d in enumerate(chunks):  # reads must not touch the disk now
+        d.rename(tmp_path / f"moved{i}")
+    rows = [9, 0, 5, 3]
+    got = {name: in_memory.read(name, rows) for name in names}
+    for i, d in enumerate(chunks):
+        (tmp_path / f"moved{i}").rename(d)
+    for name in names:
+        np.testing.assert_array_equal(got[name], on_disk.read(name, rows))
+
+
+def test_a_store_over_the_memory_budget_keeps_streaming(tmp_path):
+    store = FeatureStore.create(tmp_path / "s.zarr", make_spec(store_dtype="int8"))
+    fill(store)
+    store = FeatureStore.open(tmp_path / "s.zarr")
+    per_row = TOKENS * WIDTH + TOKENS * 4  # int8 values + float32 per-token scales
+    assert not store.keep_in_memory(["conch_b3"], budget_bytes=N_ROWS * per_row - 1)
+    assert store.keep_in_memory(["conch_b3"], budget_bytes=N_ROWS * per_row)
 
 
 def test_float16_store_is_bit_exact_float16(tmp_path):
