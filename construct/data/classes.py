@@ -59,6 +59,11 @@ class ClassSet:
         pal[3 * b : 3 * b + 3] = list(self.background_color)
         return pal
 
+    def label_scheme(self) -> tuple:
+        """What the labels and masks mean: names in label order, their mask indices, the background's.
+        Descriptions (the prototypes' starting text) and colours may differ between a run and a dataset."""
+        return tuple((c.name, c.mask_index) for c in self.classes), self.background_index
+
     def to_dict(self) -> dict:
         return {
             "name": self.name,

@@ -37,9 +37,12 @@ def data_fingerprint(root: Path, samples: list[Sample]) -> str:
 
 
 def check_classes(run: Path, run_classes: ClassSet, data_classes: ClassSet, spec: str) -> None:
-    if run_classes.to_dict() != data_classes.to_dict():
-        raise ConstructError(f"{run}: the run's classes ({', '.join(run_classes.names)}) differ from the "
-                             f"dataset's (--classes {spec}: {', '.join(data_classes.names)})")
+    if run_classes.label_scheme() != data_classes.label_scheme():
+        def scheme(c: ClassSet) -> str:
+            return ", ".join(f"{n}={i}" for n, i in c.label_scheme()[0]) + f", background={c.background_index}"
+
+        raise ConstructError(f"{run}: the run's classes ({scheme(run_classes)}) differ from the dataset's "
+                             f"(--classes {spec}: {scheme(data_classes)})")
 
 
 def open_targets(path: Path, samples: list[Sample], classes: ClassSet) -> ScoreStore:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 
@@ -9,12 +10,14 @@ import pytest
 from click.testing import CliRunner
 
 from construct.cli import main
+from construct.data.classes import BCSS
 from construct.distill.io import STUDENT_FILES, load_student
 from construct.distill.student import build_student
+from construct.distill.targets import check_classes
 from construct.distill.trainer import distill
 from construct.errors import ConstructError
 
-from .conftest import quick_config
+from tiny_runs import quick_config
 
 
 def test_student_run_holds_weights_metrics_and_its_kind(student_run):
@@ -66,8 +69,20 @@ def test_bad_input_is_one_line(tiny_run, tmp_path):
     one_line_error(base + ["--encoder", "resnet9000"], "--encoder resnet9000: unknown; expected one of resnet18, ")
     one_line_error(base + ["--arch", "deeplab"], "--arch deeplab: unknown; expected one of unet, fpn, segformer")
     one_line_error(base + ["--targets", str(tmp_path / "none.zarr")], "teacher targets not found")
-    one_line_error(base + ["--classes", "luad"], "the run's classes (TUM, STR, LYM, NEC) differ from the dataset's")
+    one_line_error(base + ["--classes", "luad"], "the run's classes (TUM=0, STR=1, LYM=2, NEC=3, background=4) "
+                                                  "differ from the dataset's (--classes luad: TE=0, NEC=1, LYM=2, TAS=3")
     assert not (tmp_path / "s").exists()
+
+
+def test_a_run_is_distilled_whatever_its_class_descriptions(tmp_path):
+    """Descriptions only seed the prototypes (a run trained before they changed is still a teacher); the
+    names and mask indices are what its masks mean."""
+    reworded = dataclasses.replace(BCSS, classes=tuple(dataclasses.replace(c, description="older words")
+                                                       for c in BCSS.classes))
+    check_classes(tmp_path, reworded, BCSS, "bcss")
+    swapped = dataclasses.replace(BCSS, classes=(BCSS.classes[1], BCSS.classes[0], *BCSS.classes[2:]))
+    with pytest.raises(ConstructError, match="STR=1, TUM=0"):
+        check_classes(tmp_path, swapped, BCSS, "bcss")
 
 
 def test_imagenet_weights_offline_fail_in_one_line(monkeypatch):

@@ -16,7 +16,7 @@ from construct.inference import score_store
 from construct.inference.head import HeadPredictor
 from construct.inference.score_store import ScoreStore
 
-from .conftest import quick_config
+from tiny_runs import quick_config
 
 
 def _make(tiny_run, tmp_path, conch):

@@ -1,14 +1,10 @@
-"""Synthetic slides (written once per session), and the tiny head and student runs of the refine and
-distill suites."""
+"""Synthetic slides, written once per session (the tiny head and student runs come from tests/conftest.py)."""
 
 from __future__ import annotations
 
 import pytest
 
 from construct.slide.synthetic import make_synthetic_slide
-
-from distill.conftest import student_run  # noqa: F401  (the distill suite's tiny student, shared)
-from refine.conftest import tiny_run  # noqa: F401  (the refine suite's tiny head run, shared)
 
 
 @pytest.fixture(scope="session")

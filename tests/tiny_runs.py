@@ -1,4 +1,5 @@
-"""One tiny trained run for the whole refine suite: synthetic tiles → random-tiny features → 1 epoch."""
+"""The tiny trained runs that the refine, distill and slide suites share (built once per session by the
+fixtures in tests/conftest.py): a head run and a student distilled from it."""
 
 from __future__ import annotations
 
@@ -6,15 +7,18 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 from construct.backbones import create_backbone
 from construct.data.synth import SynthConfig, make_synthetic_dataset
+from construct.distill.config import DistillConfig
 from construct.extract.config import ExtractConfig
 from construct.extract.extractor import extract
 from construct.refine import RefineConfig, refine
 from construct.train.config import resolve_config
 from construct.train.trainer import train
+
+# A small, fast student for tests: FPN over MobileNet-V3 small, 2 epochs.
+QUICK_STUDENT = dict(arch="fpn", encoder="mobilenet-v3-small", epochs=2, batch_size=4, lr=3e-3, target_workers=0,
+                     tta=False)
 
 
 @dataclass
@@ -43,9 +47,8 @@ class TinyRun:
         return dest
 
 
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory) -> TinyRun:
-    root = tmp_path_factory.mktemp("refine_run")
+def make_tiny_run(root: Path) -> TinyRun:
+    """Synthetic tiles → random-tiny features → 1 epoch of the demo preset."""
     data = make_synthetic_dataset(root / "data", SynthConfig(n_train=12, n_valid=4, n_test=4), progress=False)
     conch = create_backbone("conch", "random-tiny", 224)
     segformer = create_backbone("segformer", "random-tiny", 224)
@@ -55,3 +58,7 @@ def tiny_run(tmp_path_factory) -> TinyRun:
     train(resolve_config("demo", None, features=str(store), out=str(root / "run"), epochs=1, workers=0),
           progress=False)
     return TinyRun(data=data, run=root / "run", conch=conch)
+
+
+def quick_config(teacher: TinyRun, out: Path, **kw) -> DistillConfig:
+    return DistillConfig(run=teacher.run, data=teacher.data, out=out, **{**QUICK_STUDENT, **kw})
