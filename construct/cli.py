@@ -135,10 +135,12 @@ def extract(data, split, out, conch, segformer, classes, image_size, mpp, batch_
 @click.option("--baselines", is_flag=True, help="Also score all-background and labelled-everywhere predictions.")
 @click.option("--ablation", type=click.Path(path_type=Path), default=None,
               help="Folder from `construct ablate`: the report shows its table.")
+@click.option("--student-pred", type=click.Path(path_type=Path), default=None,
+              help="Masks of a distilled student (refine --run STUDENT): scored too, a row beside ours.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @user_errors
 def eval_cmd(pred, data, split, protocol, classes, json_path, report_path, features, run, allow_missing, baselines,
-             ablation, quiet) -> None:
+             ablation, student_pred, quiet) -> None:
     """Score predicted masks with the paper's protocol and print the comparison table."""
     from construct.data.classes import load_classes
     from construct.evaluate.run import evaluate_predictions
@@ -147,7 +149,7 @@ def eval_cmd(pred, data, split, protocol, classes, json_path, report_path, featu
     result = evaluate_predictions(
         pred, data, split, protocol=protocol, classes=load_classes(classes), allow_missing=allow_missing,
         json_path=json_path, report_path=report_path, features=features, progress=not quiet,
-        baselines=baselines, run=run, ablation=ablation,
+        baselines=baselines, run=run, ablation=ablation, student_pred=student_pred,
     )
     click.echo(format_table(result))
 

@@ -102,7 +102,9 @@ def example_tiles(
 def _table_html(result: dict) -> str:
     header, rows, notes, n_published = table_rows(result)
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    kinds = {n_published: " class=ours", **{k: " class=baseline" for k in range(n_published + 1, len(rows))}}
+    n_ours = 2 if result.get("student") else 1  # the run, and the student distilled from it
+    kinds = {**{k: " class=ours" for k in range(n_published, n_published + n_ours)},
+             **{k: " class=baseline" for k in range(n_published + n_ours, len(rows))}}
     body = "".join(
         f"<tr{kinds.get(k, '')}>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
         for k, r in enumerate(rows)

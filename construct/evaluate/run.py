@@ -84,6 +84,10 @@ def learned_prototypes(run: Path | str) -> np.ndarray:
     return head.prototypes.detach().float().numpy()
 
 
+# What the table and JSON keep of a student's scores (its confusion matrix and file lists are its own eval's).
+STUDENT_KEYS = ("mIoU", "mDice", "FwIoU", "pixel_accuracy", "IoU", "Dice", "n_images")
+
+
 def evaluate_predictions(
     pred_dir: Path | str,
     data_dir: Path | str,
@@ -99,6 +103,7 @@ def evaluate_predictions(
     baselines: bool = False,
     run: Path | str | None = None,
     ablation: Path | str | None = None,
+    student_pred: Path | str | None = None,
 ) -> dict:
     """Score `pred_dir/<stem>.png` against the split's ground truth; see `build_result` for the dict.
 
@@ -106,7 +111,9 @@ def evaluate_predictions(
     is only used for the report's prototype gallery, whose prototypes are the learned ones of `run` when
     given, else the class descriptions' CONCH text embeddings. `baselines` adds "baselines": the trivial
     predictions of `construct.evaluate.baselines` scored on the same images and protocol. `ablation`, a
-    folder written by `construct ablate`, puts its table in the report.
+    folder written by `construct ablate`, puts its table in the report. `student_pred`, the masks of a
+    distilled student (`construct refine --run STUDENT`), adds "student": its scores on the same images,
+    a row beside ours in the table.
     """
     if protocol not in PROTOCOLS:
         raise ConstructError(f"unknown protocol {protocol!r} (expected one of {', '.join(PROTOCOLS)})")
@@ -115,6 +122,10 @@ def evaluate_predictions(
     samples = list_split(data_dir, split, classes)
     collected = collect(pred_dir, samples, classes, allow_missing=allow_missing, progress=progress)
     result = build_result(collected, classes, protocol, split)
+    if student_pred is not None:
+        student = build_result(collect(Path(student_pred), samples, classes, allow_missing=allow_missing,
+                                       progress=progress), classes, protocol, split)
+        result["student"] = {k: student[k] for k in STUDENT_KEYS}
     result["random_weights"] = _flag(_read_json(pred_dir / REFINE_META), "random_weights")
     result["synthetic"] = _flag(_read_json(data_dir / SYNTH_META), "synthetic")
     if baselines:

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import base64
 import io
+import json
+import shutil
 from html.parser import HTMLParser
 
 import numpy as np
 from PIL import Image
 
 from construct.data.classes import BCSS
-from construct.data.dataset import list_split
+from construct.data.dataset import list_split, write_mask
 from construct.evaluate import evaluate_predictions
 from construct.evaluate.collect import collect
 from construct.evaluate.gallery import prototype_gallery
 from construct.evaluate.report import example_tiles, pick_tiles, render_report
-from construct.evaluate.run import build_result
+from construct.evaluate.run import STUDENT_KEYS, build_result
 from construct.evaluate.table import PAPER_TABLE2
 
 PNG_URI = "data:image/png;base64,"
@@ -114,3 +116,30 @@ def test_report_when_no_tile_can_be_ranked(dataset, tmp_path):
     page = Page(out.read_text())
     assert len(page.images) == 2
     assert "none could be ranked" in out.read_text()
+
+
+def test_cli_student_pred_scores_the_student_beside_ours(three_tiles, tmp_path):
+    """`eval --student-pred`: the student's masks scored on the same split, in the JSON, the terminal table
+    and the report (styled as ours, not as a baseline)."""
+    from click.testing import CliRunner
+
+    from construct.cli import main
+
+    data, preds = three_tiles
+    student = tmp_path / "student-preds"
+    shutil.copytree(preds, student)
+    write_mask(student / "b.png", np.array([[2, 2, 3, 3]] * 4, dtype=np.uint8), BCSS)  # the student gets b right
+    out = tmp_path / "eval"
+    res = CliRunner().invoke(main, ["eval", "--pred", str(preds), "--student-pred", str(student), "--data",
+                                    str(data), "--json", str(out / "m.json"), "--report", str(out / "r.html"),
+                                    "--quiet"])
+    assert res.exit_code == 0, res.output
+    saved = json.loads((out / "m.json").read_text())
+    alone = evaluate_predictions(student, data, "test", progress=False)
+    assert saved["student"] == {k: alone[k] for k in STUDENT_KEYS}
+    assert saved["student"]["IoU"]["NEC"] == 100 and saved["IoU"]["NEC"] == 0
+    assert "ours, distilled student" in res.output
+    row = next(line for line in res.output.splitlines() if line.startswith("ours, distilled student"))
+    assert f"{saved['student']['mIoU']:.2f}" in row
+    text = (out / "r.html").read_text()
+    assert text.count("<tr class=ours>") == 2
