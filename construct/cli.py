@@ -462,8 +462,9 @@ def distill(run, data, out, targets, classes, arch, encoder, encoder_weights, ep
 def demo(out, n_train, n_valid, n_test, steps, seed, workers, quiet) -> None:
     """The whole pipeline on synthetic data with random-tiny backbones: no download, no GPU.
 
-    synth -> extract (train, valid) -> train (demo preset) -> refine (test) -> eval, each printed with
-    its equivalent command and time; writes OUT/metrics.json and OUT/report.html.
+    synth -> extract (train, valid) -> train (demo preset) -> refine (test) -> distill (a student) ->
+    refine the student (test) -> eval (both), each printed with its equivalent command and time; writes
+    OUT/metrics.json and OUT/report.html.
     """
     from construct.demo import METRICS_FILE, REPORT_FILE, DemoConfig, run_demo
     from construct.evaluate.table import format_table
