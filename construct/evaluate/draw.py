@@ -28,6 +28,9 @@ BAR_SCALE = 360  # pixels for 100 %
 BAR_LABEL_WIDTH = 56
 BAR_VALUE_WIDTH = 56
 PERCENT = 100.0
+# Rec. 709 luma weights; text on a colour darker than INK_FLIP_LUMA (0-255) is written in white.
+LUMA_WEIGHTS = (0.2126, 0.7152, 0.0722)
+INK_FLIP_LUMA = 128.0
 
 
 def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -49,6 +52,12 @@ def _compact(count: int) -> str:
         if count >= size:
             return f"{count / size:.3g}{unit}"
     return str(count)
+
+
+def readable_ink(color: tuple[int, int, int]) -> tuple[int, int, int]:
+    """Black or white text, whichever reads on `color` (class colours run from yellow to deep blue)."""
+    luma = sum(w * c for w, c in zip(LUMA_WEIGHTS, color))
+    return WHITE if luma < INK_FLIP_LUMA else BLACK
 
 
 def _centered(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, fill: tuple[int, int, int]) -> None:

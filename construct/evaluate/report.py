@@ -19,7 +19,7 @@ from construct.data.classes import ClassSet
 from construct.data.dataset import read_image, read_mask
 from construct.evaluate.ablation import ablation_html
 from construct.evaluate.collect import Collected, prediction_path
-from construct.evaluate.draw import confusion_image, mask_labels, overlay, score_bars, thumbnail
+from construct.evaluate.draw import confusion_image, mask_labels, overlay, readable_ink, score_bars, thumbnail
 from construct.evaluate.gallery import GalleryEntry
 from construct.evaluate.metrics import apply_protocol, scores
 from construct.evaluate.table import table_rows
@@ -118,7 +118,9 @@ def _legend(classes: ClassSet) -> str:
     colors = {c.mask_index: c.color for c in classes.classes}
     colors[classes.background_index] = classes.background_color
     spans = "".join(
-        f'<span style="background: rgb{tuple(colors[i])}">{html.escape(labels[i])}</span>' for i in sorted(colors)
+        f'<span style="background: rgb{tuple(colors[i])}; color: rgb{readable_ink(tuple(colors[i]))}">'
+        f"{html.escape(labels[i])}</span>"
+        for i in sorted(colors)
     )
     return f'<p class="legend">{spans} (background left untinted in overlays)</p>'
 

@@ -31,6 +31,8 @@ class Page(HTMLParser):
         self.images: list[str] = []
         self.headings: list[str] = []
         self.cells: list[str] = []
+        self.legend: dict[str, str] = {}  # label -> its span's style
+        self._style = ""
         self._capture: list[str] | None = None
         self.feed(text)
         self.close()
@@ -42,12 +44,17 @@ class Page(HTMLParser):
             self._capture = self.headings
         elif tag == "td":
             self._capture = self.cells
+        elif tag == "span":
+            self._style = dict(attrs).get("style", "")
 
     def handle_endtag(self, tag):
         if tag in ("h2", "td"):
             self._capture = None
 
     def handle_data(self, data):
+        if self._style:
+            self.legend[data.strip()] = self._style
+            self._style = ""
         if self._capture is not None:
             self._capture.append(data.strip())
 
@@ -95,6 +102,18 @@ def test_report_with_prototype_gallery(three_tiles, tmp_path, make_store):
     assert len(page.images) == 2 + 3 * 3 + len(BCSS) * 2
     sizes = [decode_png(src).size for src in page.images]
     assert sizes[-1] == (112, 112)  # gallery thumbnails
+
+
+def test_legend_text_reads_on_each_class_colour(three_tiles, tmp_path):
+    data, preds = three_tiles
+    out = tmp_path / "eval.html"
+    evaluate_predictions(preds, data, "test", report_path=out, progress=False)
+    legend = Page(out.read_text()).legend
+    white, black = "color: rgb(255, 255, 255)", "color: rgb(0, 0, 0)"
+    # BCSS colours: red, blue and violet are dark (white text); green and the background are light
+    assert {name: white in legend[name] for name in ("TUM", "STR", "LYM", "NEC")} == {
+        "TUM": True, "STR": False, "LYM": True, "NEC": True}
+    assert black in legend["BG"] and black in legend["STR"]
 
 
 def test_pick_tiles_best_median_worst_without_repeats():
