@@ -175,7 +175,7 @@ TRAIN_OPTIONS = (
     click.option("--seed", type=int, default=None, help="[default: 0]"),
     click.option("--device", default=None, help="auto, cpu, cuda, ..."),
     click.option("--workers", type=int, default=None, help="Store reading processes [default: 0 on CPU, 1 with a GPU]."),
-    click.option("--memory-gb", type=float, default=None,
+    click.option("--memory-gb", type=click.FloatRange(min=0), default=None,
                  help="Read a store whose training arrays fit in this many GiB into RAM once [default: 4; 0: stream]."),
 )
 # Where a run runs, not what it learns: a resumed run may change these.
@@ -416,7 +416,7 @@ def slide(slides, run, out, mpp, slide_mpp, overlap, tissue_threshold, tta, pred
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--workers", type=int, default=2, show_default=True, help="CRF processes for the targets.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, ...")
-@click.option("--memory-gb", type=float, default=DEFAULT_MEMORY_GB, show_default=True,
+@click.option("--memory-gb", type=click.FloatRange(min=0), default=DEFAULT_MEMORY_GB, show_default=True,
               help="Read targets that fit in this many GiB into RAM once (0: stream them).")
 @click.option("--resume", is_flag=True, help="Continue a killed student run in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")

@@ -36,13 +36,15 @@ def data_fingerprint(root: Path, samples: list[Sample]) -> str:
                                 for s in samples])
 
 
+def _scheme_text(classes: ClassSet) -> str:
+    names, background = classes.label_scheme()
+    return ", ".join(f"{n}={i}" for n, i in names) + f", background={background}"
+
+
 def check_classes(run: Path, run_classes: ClassSet, data_classes: ClassSet, spec: str) -> None:
     if run_classes.label_scheme() != data_classes.label_scheme():
-        def scheme(c: ClassSet) -> str:
-            return ", ".join(f"{n}={i}" for n, i in c.label_scheme()[0]) + f", background={c.background_index}"
-
-        raise ConstructError(f"{run}: the run's classes ({scheme(run_classes)}) differ from the dataset's "
-                             f"(--classes {spec}: {scheme(data_classes)})")
+        raise ConstructError(f"{run}: the run's classes ({_scheme_text(run_classes)}) differ from the dataset's "
+                             f"(--classes {spec}: {_scheme_text(data_classes)})")
 
 
 def open_targets(path: Path, samples: list[Sample], classes: ClassSet) -> ScoreStore:

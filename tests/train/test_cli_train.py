@@ -162,3 +162,9 @@ def test_bad_settings(stores, tmp_path):
     cfg.write_text("lr = 0.1\nmomentum = 3\n")
     code, output = run_cli("--features", stores["train"], "--out", tmp_path / "r", "--config", cfg, "--quiet")
     assert_one_error(code, output, "unknown settings momentum")
+
+
+def test_negative_memory_budget(stores, tmp_path):
+    code, output = run_cli("--features", stores["train"], "--out", tmp_path / "r", "--memory-gb", "-1", "--quiet")
+    assert_one_error(code, output, "--memory-gb", "-1")
+    assert not (tmp_path / "r").exists()
