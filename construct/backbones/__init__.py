@@ -1,6 +1,7 @@
 """Frozen foundation backbones (CONCH, SegFormer) behind one factory."""
 
-from construct.backbones.recipe import BackboneRecipe
-from construct.backbones.registry import DEFAULT_SPECS, create_backbone
+from construct.lazy import lazy_exports
 
-__all__ = ["BackboneRecipe", "DEFAULT_SPECS", "create_backbone"]
+_EXPORTS = {"BackboneRecipe": "recipe", "DEFAULT_SPECS": "registry", "create_backbone": "registry"}
+__all__ = list(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -1,8 +1,8 @@
 """eval phase: score predicted masks with the paper's protocol, compare with Table 2, write a report."""
 
-from construct.evaluate.gallery import nearest_tiles, prototype_gallery
-from construct.evaluate.metrics import PROTOCOLS
-from construct.evaluate.run import evaluate_predictions
-from construct.evaluate.table import PAPER_TABLE2, format_table
+from construct.lazy import lazy_exports
 
-__all__ = ["PAPER_TABLE2", "PROTOCOLS", "evaluate_predictions", "format_table", "nearest_tiles", "prototype_gallery"]
+_EXPORTS = {"nearest_tiles": "gallery", "prototype_gallery": "gallery", "PROTOCOLS": "metrics",
+            "evaluate_predictions": "run", "PAPER_TABLE2": "table", "format_table": "table"}
+__all__ = list(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

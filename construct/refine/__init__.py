@@ -4,16 +4,8 @@
 the config (as the CLI does to parse flags) stays cheap.
 """
 
-from __future__ import annotations
+from construct.lazy import lazy_exports
 
-from construct.refine.config import RefineConfig
-
-__all__ = ["RefineConfig", "RefineResult", "refine"]
-
-
-def __getattr__(name: str):
-    if name in ("refine", "RefineResult"):
-        from construct.refine import pipeline
-
-        return getattr(pipeline, name)
-    raise AttributeError(f"module 'construct.refine' has no attribute {name!r}")
+_EXPORTS = {"RefineConfig": "config", "RefineResult": "pipeline", "refine": "pipeline"}
+__all__ = list(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
