@@ -10,10 +10,11 @@ from pathlib import Path
 import click
 
 from construct import __version__
+from construct.data import SPLITS
+from construct.distill.config import ARCHS, ENCODERS, WEIGHTINGS
 from construct.errors import ConstructError
 from construct.store.in_memory import DEFAULT_MEMORY_GB
 
-SPLITS = ("train", "valid", "test")
 RANDOM_WARNING = (
     "WARNING: random backbone weights ({specs}): features carry no pretrained knowledge; "
     "numbers from them say nothing about the method."
@@ -49,7 +50,14 @@ def main() -> None:
 
     \b
     Pipeline:  synth/your data -> extract -> train -> refine -> eval
+    Stage 2:   train -> distill (a fast student) -> refine --run STUDENT
+    Slides:    slide --run RUN (a head or student run) -> OUT/<slide>/
     Run `construct demo` to see all of it on the embedded synthetic data.
+
+    \b
+    Names shared by the commands: --run (spelled --model under torchrun), --tta/--no-tta, --crf/--no-crf,
+    --crf-workers (CRF processes), --loader-workers (image or store reading processes). --workers keeps
+    its older meaning per command: the one its --help names.
     """
 
 
@@ -82,7 +90,8 @@ def synth(out: Path, n_train: int, n_valid: int, n_test: int, seed: int) -> None
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True, help="Forward precision.")
 @click.option("--store-dtype", type=click.Choice(["float16", "int8"]), default="float16", show_default=True, help="Stored activations.")
 @click.option("--seg-stages", default="3", show_default=True, help="SegFormer stages to store, e.g. 3 or 2,3.")
-@click.option("--workers", type=int, default=2, show_default=True, help="Image decoding processes.")
+@click.option("--loader-workers", "--workers", "workers", type=int, default=2, show_default=True,
+              help="Image decoding processes (--workers: the same, its older name).")
 @click.option("--limit", type=int, default=None, help="Only the first N images (quick trials).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @user_errors
@@ -129,7 +138,7 @@ def extract(data, split, out, conch, segformer, classes, image_size, mpp, batch_
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write the metrics JSON here.")
 @click.option("--report", "report_path", type=click.Path(path_type=Path), default=None, help="Write a self-contained HTML report here.")
 @click.option("--features", type=click.Path(path_type=Path), default=None, help="Train feature store, for the report's prototype gallery.")
-@click.option("--run", type=click.Path(path_type=Path), default=None,
+@click.option("--run", "--model", "run", type=click.Path(path_type=Path), default=None,
               help="Trained run: the gallery shows its learned prototypes instead of the text embeddings.")
 @click.option("--allow-missing", is_flag=True, help="Count missing predictions instead of failing.")
 @click.option("--baselines", is_flag=True, help="Also score all-background and labelled-everywhere predictions.")
@@ -166,7 +175,8 @@ TRAIN_OPTIONS = (
     click.option("--batch-size", type=int, default=None, help="[paper: 10]"),
     click.option("--lr", type=float, default=None, help="AdamW learning rate, poly decay [paper: 2e-5]."),
     click.option("--warmup", type=float, default=None, help="Fraction of the steps with a linear lr warm-up [paper: 0]."),
-    click.option("--loss-weighting", type=click.Choice(["fixed", "uncertainty"]), default=None,
+    click.option("--loss-weighting", "--weighting", "loss_weighting", type=click.Choice(["fixed", "uncertainty"]),
+                 default=None,
                  help="fixed: the preset's weights (paper 1/1.5/0.2); uncertainty: learned (Kendall et al. 2018)."),
     click.option("--aux-ramp", type=float, default=None,
                  help="Fraction of the steps over which distillation and contrast weights rise from 0 [paper: 0]."),
@@ -174,7 +184,8 @@ TRAIN_OPTIONS = (
                  help="Random flips/rotations of the stored feature maps [default: the preset's]."),
     click.option("--seed", type=int, default=None, help="[default: 0]"),
     click.option("--device", default=None, help="auto, cpu, cuda, ..."),
-    click.option("--workers", type=int, default=None, help="Store reading processes [default: 0 on CPU, 1 with a GPU]."),
+    click.option("--loader-workers", "--workers", "workers", type=int, default=None,
+                 help="Store reading processes (--workers: the same, its older name) [default: 0 on CPU, 1 with a GPU]."),
     click.option("--memory-gb", type=click.FloatRange(min=0), default=None,
                  help="Read a store whose training arrays fit in this many GiB into RAM once [default: 4; 0: stream]."),
 )
@@ -182,6 +193,43 @@ TRAIN_OPTIONS = (
 PLACEMENT_FLAGS = ("device", "workers", "memory_gb")
 TRAIN_FLAGS = ("steps", "epochs", "batch_size", "lr", "warmup", "loss_weighting", "aux_ramp", "augment", "seed",
                *PLACEMENT_FLAGS)
+# The ablation switches: flag → (setting, its value when the flag is given).
+ABLATION_SWITCHES = {"no_distill": ("distill", False), "no_contrast": ("contrast", False),
+                     "no_text_init": ("text_init", False)}
+
+
+def _given(name: str) -> bool:
+    """Whether the user set this parameter (on the command line or from the environment), not its default."""
+    source = click.get_current_context().get_parameter_source(name)
+    return source not in (None, click.core.ParameterSource.DEFAULT)
+
+
+def _flag(name: str) -> str:
+    return "--config" if name == "config_file" else "--" + name.replace("_", "-")
+
+
+def changed_on_resume(saved: dict, values: dict) -> list[str]:
+    """The given flags of what a run learns (schedule, losses, preset, config file) whose values differ from
+    those the run was started with: `train --resume` keeps the run's own and so refuses them."""
+    from construct.train.config import TrainConfig, read_config_file
+
+    changed = []
+    if _given("preset") and values["preset"] != saved.get("preset"):
+        changed.append("--preset")
+    if _given("config_file"):
+        data = read_config_file(Path(values["config_file"]))
+        # A file's settings compare as the run records them (tuples as lists, as TrainConfig.to_dict).
+        recorded = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()
+                                  if k in TrainConfig.__dataclass_fields__}).to_dict()
+        if any(saved.get(k) != recorded[k] for k in data if k in recorded):
+            changed.append("--config")
+    for name in TRAIN_FLAGS:
+        if name not in PLACEMENT_FLAGS and _given(name) and values[name] != saved.get(name):
+            changed.append(_flag(name))
+    for name, (setting, value) in ABLATION_SWITCHES.items():
+        if _given(name) and saved.get(setting) != value:
+            changed.append(_flag(name))
+    return changed
 
 
 def train_options(fn: Callable) -> Callable:
@@ -216,6 +264,11 @@ def train(features, val_features, out, preset, config_file, no_distill, no_contr
         meta = read_run_config(out)
         require_kind(out, meta, HEAD_KIND, "train --resume")
         saved = meta["train"]
+        changed = changed_on_resume(saved, {"preset": preset, "config_file": config_file, "no_distill": no_distill,
+                                            "no_contrast": no_contrast, "no_text_init": no_text_init, **flags})
+        if changed:
+            raise ConstructError(f"{out}: --resume continues the run with the settings it was started with; "
+                                 f"{', '.join(changed)} differ (use another --out for a new run)")
         # The run folder may have moved; where it runs (device, loader processes, memory) may change too.
         saved.update(out=str(out), **{k: flags[k] for k in PLACEMENT_FLAGS if flags[k] is not None})
         cfg = resolve_config(saved["preset"], None, **{k: v for k, v in saved.items() if k != "preset"})
@@ -275,8 +328,9 @@ def ablate(features, val_features, out, variants, data, split, crf_workers, pres
 
 
 @main.command()
-@click.option("--run", type=click.Path(path_type=Path), required=True,
-              help="Run folder from `construct train` (head) or `construct distill` (student).")
+@click.option("--run", "--model", "run", type=click.Path(path_type=Path), required=True,
+              help="Run folder from `construct train` (head) or `construct distill` (student). Under torchrun "
+                   "spell it --model (torchrun's own parser takes --run for its --run-path).")
 @click.option("--data", type=click.Path(path_type=Path), default=None, help="Dataset root (BCSS-WSSS layout).")
 @click.option("--split", type=click.Choice(SPLITS), default=None, help="Split of --data [default: test].")
 @click.option("--images", type=click.Path(path_type=Path), default=None,
@@ -293,7 +347,10 @@ def ablate(features, val_features, out, variants, data, split, crf_workers, pres
 @click.option("--crf/--no-crf", default=None,
               help="Dense CRF, or argmax of the scores [default: on for a head, off for a student].")
 @click.option("--batch-size", type=int, default=8, show_default=True, help="Tiles per forward (x6 with TTA).")
-@click.option("--workers", type=int, default=2, show_default=True, help="CRF processes (0: in the main process).")
+@click.option("--crf-workers", "--workers", "workers", type=int, default=2, show_default=True,
+              help="CRF (and mask writing) processes, 0: in the main process (--workers: the same, its older name).")
+@click.option("--loader-workers", type=int, default=1, show_default=True,
+              help="Image decoding processes (0: in the main process).")
 @click.option("--save-scores", is_flag=True, help="Also write scores/<stem>.npy (float16, classes + background).")
 @click.option("--head", type=click.Choice(["best", "last"]), default="best", show_default=True,
               help="Which weights of the run (head or student).")
@@ -302,8 +359,8 @@ def ablate(features, val_features, out, variants, data, split, crf_workers, pres
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None, help="Backbone precision [default: the run's].")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @user_errors
-def refine(run, data, split, images, out, gate, pred_threshold, tta, crf, batch_size, workers, save_scores,
-           head, conch, device, precision, quiet) -> None:
+def refine(run, data, split, images, out, gate, pred_threshold, tta, crf, batch_size, workers, loader_workers,
+           save_scores, head, conch, device, precision, quiet) -> None:
     """Masks from a run: a head run runs live CONCH with TTA, CAMs, background channel, Dense CRF; a
     student run (from `construct distill`) runs its network alone.
 
@@ -318,7 +375,8 @@ def refine(run, data, split, images, out, gate, pred_threshold, tta, crf, batch_
         split = "test"
     cfg = RefineConfig(
         run=run, data=data, split=split, images=images, out=out, gate=gate, pred_threshold=pred_threshold,
-        tta=tta, crf=crf, batch_size=batch_size, workers=workers, save_scores=save_scores,
+        tta=tta, crf=crf, batch_size=batch_size, workers=workers, loader_workers=loader_workers,
+        save_scores=save_scores,
         head=head, conch=conch, device=device, precision=precision,
     )
     conch_recipe = read_run_config(run).get("backbones", {}).get("conch")
@@ -344,7 +402,8 @@ def refine(run, data, split, images, out, gate, pred_threshold, tta, crf, batch_
 @click.option("--slide-mpp", type=float, default=None, help="µm/px of slides whose metadata records none.")
 @click.option("--overlap", type=int, default=None, help="Tile overlap in px at the model's resolution [default: a quarter tile].")
 @click.option("--tissue-threshold", type=float, default=None, help="Saturation above which a pixel is tissue [default: Otsu].")
-@click.option("--tta", is_flag=True, help="Test-time augmentation: 6-way for a head run, flips for a student.")
+@click.option("--tta/--no-tta", default=False, show_default=True,
+              help="Test-time augmentation: 6-way for a head run, flips for a student.")
 @click.option("--pred-threshold", type=float, default=0.5, show_default=True, help="Classifier probability that lets a class into a tile.")
 @click.option("--batch-size", type=int, default=16, show_default=True, help="Tiles per forward.")
 @click.option("--head", type=click.Choice(["best", "last"]), default="best", show_default=True, help="Which head weights.")
@@ -384,37 +443,43 @@ def slide(slides, run, out, mpp, slide_mpp, overlap, tissue_threshold, tta, pred
     click.echo(f"slides: {out} ({len(result.done)} segmented, {len(result.skipped)} already done, "
                f"{len(result.failed)} failed, of {len(paths)})")
     if result.failed:
-        for path, message in result.failed:
+        for _path, message in result.failed:
             click.echo(f"  failed: {message}", err=True)
         raise click.ClickException(f"{len(result.failed)} of {len(paths)} slides failed (listed above)")
 
 
 @main.command()
-@click.option("--run", "--teacher", "run", type=click.Path(path_type=Path), required=True,
-              help="Stage-1 run (from `construct train`): the teacher. Under torchrun spell it --teacher "
-                   "(torchrun's own parser takes --run for its --run-path).")
+@click.option("--run", "--model", "--teacher", "run", type=click.Path(path_type=Path), required=True,
+              help="Stage-1 run (from `construct train`): the teacher. Under torchrun spell it --model or "
+                   "--teacher (torchrun's own parser takes --run for its --run-path).")
 @click.option("--data", type=click.Path(path_type=Path), required=True, help="Dataset root: train (targets) and valid (model selection).")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Student run folder.")
 @click.option("--targets", type=click.Path(path_type=Path), default=None,
               help="Teacher targets made elsewhere [default: made, or reused, in RUN/targets/].")
 @click.option("--classes", default="bcss", show_default=True, help="The dataset's class set: bcss, luad or a JSON file.")
-@click.option("--arch", default="unet", show_default=True, help="unet, fpn or segformer.")
-@click.option("--encoder", default="resnet18", show_default=True,
-              help="resnet18, resnet34, efficientnet-b0, mobilenet-v3, mobilenet-v3-small, mit_b0, mit_b1.")
+@click.option("--arch", type=click.Choice(ARCHS), default="unet", show_default=True, help="Student network.")
+@click.option("--encoder", type=click.Choice(list(ENCODERS)), default="resnet18", show_default=True,
+              help="Student encoder.")
 @click.option("--encoder-weights", default="none", show_default=True, help="none, imagenet (hub download) or a local file.")
-@click.option("--epochs", type=int, default=20, show_default=True)
+@click.option("--epochs", type=float, default=20, show_default=True,
+              help="Passes over the train split (a fraction stops part-way through the last, as in train).")
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="AdamW learning rate, cosine decay.")
 @click.option("--crop", type=int, default=None, help="Train on random crops of this many px (multiple of 32) [default: whole tiles].")
-@click.option("--weighting", type=click.Choice(["uncertainty", "fixed"]), default="uncertainty", show_default=True,
-              help="Loss terms weighted by learned uncertainty (Kendall et al. 2018) or by --w-mse/--w-ce.")
+@click.option("--loss-weighting", "--weighting", "weighting", type=click.Choice(WEIGHTINGS), default="uncertainty",
+              show_default=True, help="Loss terms weighted by learned uncertainty (Kendall et al. 2018) or by "
+                                      "--w-mse/--w-ce (--weighting: the same, its older name).")
 @click.option("--w-mse", type=float, default=1.0, show_default=True, help="Fixed weight of the soft-score MSE.")
 @click.option("--w-ce", type=float, default=1.0, show_default=True, help="Fixed weight of the boundary-weighted CE.")
-@click.option("--no-tta", is_flag=True, help="Teacher targets without the 6-way TTA.")
-@click.option("--no-crf", is_flag=True, help="Teacher pseudo-masks by argmax instead of the Dense CRF.")
+@click.option("--tta/--no-tta", default=True, show_default=True, help="Teacher targets with the 6-way TTA.")
+@click.option("--crf/--no-crf", default=True, show_default=True,
+              help="Teacher pseudo-masks by the Dense CRF, or by argmax of the scores.")
 @click.option("--conch", default=None, help="CONCH weights if not where the run recorded them (fingerprint-checked).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--workers", type=int, default=2, show_default=True, help="CRF processes for the targets.")
+@click.option("--crf-workers", "--workers", "workers", type=int, default=2, show_default=True,
+              help="CRF processes for the targets (--workers: the same, its older name).")
+@click.option("--loader-workers", type=int, default=0, show_default=True,
+              help="Image decoding processes for training (0: in the main process).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, ...")
 @click.option("--memory-gb", type=click.FloatRange(min=0), default=DEFAULT_MEMORY_GB, show_default=True,
               help="Read targets that fit in this many GiB into RAM once (0: stream them).")
@@ -422,7 +487,7 @@ def slide(slides, run, out, mpp, slide_mpp, overlap, tissue_threshold, tta, pred
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @user_errors
 def distill(run, data, out, targets, classes, arch, encoder, encoder_weights, epochs, batch_size, lr, crop, weighting,
-            w_mse, w_ce, no_tta, no_crf, conch, seed, workers, device, memory_gb, resume, quiet) -> None:
+            w_mse, w_ce, tta, crf, conch, seed, workers, loader_workers, device, memory_gb, resume, quiet) -> None:
     """Stage 2: train a fast student segmentation network on a run's pseudo-masks.
 
     The run labels the train split as refine does (file-name labels, TTA, CRF) into RUN/targets/ (resumable,
@@ -435,8 +500,8 @@ def distill(run, data, out, targets, classes, arch, encoder, encoder_weights, ep
     cfg = DistillConfig(
         run=run, data=data, out=out, targets=targets, classes=classes, arch=arch, encoder=encoder,
         encoder_weights=encoder_weights, epochs=epochs, batch_size=batch_size, lr=lr, crop=crop, weighting=weighting,
-        w_mse=w_mse, w_ce=w_ce, tta=not no_tta, crf=not no_crf, conch=conch, seed=seed, target_workers=workers,
-        device=device, memory_gb=memory_gb,
+        w_mse=w_mse, w_ce=w_ce, tta=tta, crf=crf, conch=conch, seed=seed, target_workers=workers,
+        workers=loader_workers, device=device, memory_gb=memory_gb,
     )
     result = run_distill(cfg, resume=resume, progress=not quiet)
     from construct.distributed import is_main_process
@@ -456,7 +521,8 @@ def distill(run, data, out, targets, classes, arch, encoder, encoder_weights, ep
 @click.option("--test", "n_test", type=int, default=40, show_default=True, help="Synthetic test tiles.")
 @click.option("--steps", type=int, default=None, help="Training steps [default: the demo preset's, 720].")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--workers", type=int, default=2, show_default=True, help="CRF processes.")
+@click.option("--crf-workers", "--workers", "workers", type=int, default=2, show_default=True,
+              help="CRF processes (--workers: the same, its older name).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @user_errors
 def demo(out, n_train, n_valid, n_test, steps, seed, workers, quiet) -> None:

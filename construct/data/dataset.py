@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from construct.data import SPLITS
 from construct.data.classes import ClassSet
 from construct.atomic import atomic_output
 from construct.errors import ConstructError
 
 IMAGE_SIZE = 224
-SPLITS = ("train", "valid", "test")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
 # Folder names tried for each split, in order of preference.

@@ -8,6 +8,14 @@ from pathlib import Path
 from construct.store.in_memory import DEFAULT_MEMORY_GB
 
 WEIGHTINGS = ("uncertainty", "fixed")
+# Here, not in student.py, so that the CLI can offer them as choices without importing torch.
+ARCHS = ("unet", "fpn", "segformer")
+# User-facing encoder names → smp's (mobilenet-v3 comes through timm's universal encoder).
+ENCODERS = {
+    "resnet18": "resnet18", "resnet34": "resnet34", "efficientnet-b0": "efficientnet-b0",
+    "mobilenet-v3": "tu-mobilenetv3_large_100", "mobilenet-v3-small": "tu-mobilenetv3_small_100",
+    "mit_b0": "mit_b0", "mit_b1": "mit_b1",
+}
 
 
 @dataclass
@@ -20,7 +28,7 @@ class DistillConfig:
     arch: str = "unet"
     encoder: str = "resnet18"
     encoder_weights: str = "none"  # none, imagenet (hub download) or a local file
-    epochs: int = 20
+    epochs: float = 20  # passes over the train split; a fraction stops part-way through the last one
     batch_size: int = 8
     lr: float = 1e-3
     weight_decay: float = 1e-4

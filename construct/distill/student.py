@@ -12,15 +12,9 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from construct.distill.config import ARCHS, ENCODERS
 from construct.errors import ConstructError
 
-ARCHS = ("unet", "fpn", "segformer")
-# User-facing encoder names → smp's (mobilenet-v3 comes through timm's universal encoder).
-ENCODERS = {
-    "resnet18": "resnet18", "resnet34": "resnet34", "efficientnet-b0": "efficientnet-b0",
-    "mobilenet-v3": "tu-mobilenetv3_large_100", "mobilenet-v3-small": "tu-mobilenetv3_small_100",
-    "mit_b0": "mit_b0", "mit_b1": "mit_b1",
-}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 HUB_TIMEOUT_S = 10.0  # an offline machine fails fast instead of hanging on the download

@@ -27,7 +27,7 @@ from construct.distill.student import Student, build_student, check_names
 from construct.distill.targets import check_classes, make_targets, open_targets
 from construct.errors import ConstructError
 from construct.evaluate.metrics import scores as metric_scores
-from construct.head.io import RUN_CONFIG, read_run_config, write_run_config
+from construct.head.io import METRICS, RUN_CONFIG, read_run_config, write_run_config
 from construct.inference.head import TapBackbone
 from construct.inference.pipeline import run_inference
 from construct.inference.runs import STUDENT_KIND, head_run_meta, require_kind
@@ -38,7 +38,6 @@ from construct.store.in_memory import gib
 from construct.train.ddp import BatchShare, convert_sync_batchnorm, wrap
 
 CHECKPOINT = "distill_checkpoint.pt"
-METRICS = "metrics.jsonl"
 TERMS = ("mse", "ce")
 
 
@@ -56,8 +55,8 @@ def _validate(cfg: DistillConfig) -> None:
     check_names(cfg.arch, cfg.encoder)
     if cfg.weighting not in WEIGHTINGS:
         raise ConstructError(f"--weighting {cfg.weighting}: expected one of {', '.join(WEIGHTINGS)}")
-    if cfg.epochs < 1 or cfg.batch_size < 1:
-        raise ConstructError("--epochs and --batch-size must be at least 1")
+    if cfg.epochs <= 0 or cfg.batch_size < 1:
+        raise ConstructError("--epochs must be positive and --batch-size at least 1")
     if cfg.lr <= 0:
         raise ConstructError(f"--lr {cfg.lr}: must be positive")
     if cfg.crop is not None and (cfg.crop < 32 or cfg.crop % 32):
@@ -164,12 +163,14 @@ def _distill(cfg: DistillConfig, resume: bool, conch: TapBackbone | None, progre
     store.keep_in_memory(gib(cfg.memory_gb))
     dataset = TargetSet(source.samples, store, tile_size)
     n_batches = len(epoch_batches(len(dataset), cfg.batch_size, cfg.seed, 0, world.world_size))
-    total_steps = cfg.epochs * n_batches
+    # --epochs may be fractional, as train's: the last epoch stops after its share of the batches.
+    total_steps = math.ceil(cfg.epochs * n_batches)
+    n_epochs = math.ceil(total_steps / n_batches)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine(step, total_steps))
     spec = {**cfg.student_dict(), "n_channels": len(classes) + 1}
     state = {"epoch": 0, "best_miou": None, "history": []}
     if resuming:
-        ckpt = torch.load(out / CHECKPOINT, map_location=device, weights_only=False)
+        ckpt = torch.load(out / CHECKPOINT, map_location=device, weights_only=True)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -182,22 +183,25 @@ def _distill(cfg: DistillConfig, resume: bool, conch: TapBackbone | None, progre
     start = time.perf_counter()
     final_loss = float("nan")
     model.train()
-    for epoch in range(state["epoch"], cfg.epochs):
+    for epoch in range(state["epoch"], n_epochs):
         rng = np.random.default_rng([cfg.seed, epoch, 1, world.rank])
         batches = epoch_batches(len(dataset), cfg.batch_size, cfg.seed, epoch, world.world_size)
+        batches = batches[:total_steps - epoch * n_batches]
         shares = [BatchShare(len(b), world) for b in batches]
         local = [b[share.rows()] for b, share in zip(batches, shares)]
         sums = {k: 0.0 for k in ("loss", *TERMS)}
         bar = tqdm(zip(target_loader(dataset, local, cfg.workers), shares), total=len(batches), unit="batch",
-                   desc=f"distill epoch {epoch + 1}/{cfg.epochs}", disable=not progress, dynamic_ncols=True)
-        for raw, share in bar:
+                   desc=f"distill epoch {epoch + 1}/{n_epochs}", disable=not progress, dynamic_ncols=True)
+        for step, (raw, share) in enumerate(bar):
             batch = augment(to_device(raw, device), rng, cfg.crop)
             loss, terms = ddp(batch)
+            values = share.values({"loss": loss, **terms})  # the same on every process: all stop together
+            if not math.isfinite(values["loss"]):
+                _stop_on_nonfinite(out, values, epoch, step)
             optimizer.zero_grad(set_to_none=True)
             (loss * share.weight(len(raw["images"]))).backward()
             optimizer.step()
             scheduler.step()
-            values = share.values({"loss": loss, **terms})
             final_loss = values["loss"]
             for k, v in values.items():
                 sums[k] += v / len(batches)
@@ -208,6 +212,14 @@ def _distill(cfg: DistillConfig, resume: bool, conch: TapBackbone | None, progre
         state = world.broadcast(state)
     return DistillResult(out, store.path, n_parameters, state["best_miou"], final_loss,
                          time.perf_counter() - start)
+
+
+def _stop_on_nonfinite(out: Path, values: dict[str, float], epoch: int, step: int) -> None:
+    """Stop in one line before the step that would write non-finite weights; the run's checkpoint and
+    students are those of the last finished epoch."""
+    terms = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
+    raise ConstructError(f"loss became {values['loss']} at epoch {epoch + 1} step {step + 1} ({terms}); "
+                         f"distill stopped, {out} keeps the last finished epoch (lower --lr, or check the targets)")
 
 
 def _end_epoch(cfg, out, epoch, model, optimizer, scheduler, state, sums, spec, val, progress) -> None:

@@ -18,10 +18,10 @@ from construct.evaluate.collect import Collected, collect
 from construct.evaluate.gallery import prototype_gallery
 from construct.evaluate.metrics import PROTOCOLS, Scores, apply_protocol, scores
 from construct.evaluate.report import example_tiles, render_report
+from construct.refine.config import REFINE_META
 
 # Provenance files written by `construct refine` (in the prediction folder) and `construct synth`
 # (in the data root); they mark our row when the numbers cannot mean anything.
-REFINE_META = "refine.json"
 SYNTH_META = "construct_synth.json"
 GALLERY_K = 8
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
 from construct import __version__
 from construct.atomic import atomic_output, write_text_atomic
 from construct.errors import ConstructError
@@ -15,6 +13,7 @@ from construct.head.model import ConStructHead, HeadConfig
 RUN_FORMAT = "construct-run"
 RUN_FORMAT_VERSION = 1
 RUN_CONFIG = "config.json"
+METRICS = "metrics.jsonl"  # one JSON record per line: what train and distill logged (best/last read it)
 HEAD_FILES = {"best": "head_best.safetensors", "last": "head_last.safetensors"}
 
 

@@ -9,7 +9,7 @@ GATES = ("labels", "gt", "pred", "none")
 HEADS = ("best", "last")
 PRECISIONS = ("fp32", "bf16")
 DEFAULT_PRED_THRESHOLD = 0.5  # classifier probability above which a class gates in (`pred`)
-REFINE_META = "refine.json"  # read by `construct eval` (construct.evaluate.run.REFINE_META)
+REFINE_META = "refine.json"  # in the mask folder; `construct eval` reads it (random-weights mark)
 SCORES_DIR = "scores"
 PREDICTIONS_DIR = "predictions"  # default output: RUN/predictions/<split or images folder name>
 

@@ -24,8 +24,6 @@ from construct.slide.reader import Slide
 from construct.slide.stitch import Stitcher
 from construct.slide.tissue import TissueMask
 
-OUTPUT_FILES = ("mask.ome.tif", "annotations.geojson", "overlay.png", "tissue.png", "summary.json")
-
 
 class StitchedSlideSink:
     def __init__(self, out_dir: Path, work_dir: Path, slide: Slide, grid: Grid, tissue: TissueMask,

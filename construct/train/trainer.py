@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from construct.atomic import atomic_output, write_text_atomic
 from construct.distributed import World, all_reduce_sum, env_world, process_device, session
 from construct.errors import ConstructError
-from construct.head.io import HEAD_FILES, RUN_CONFIG, read_run_config, save_head, write_run_config
+from construct.head.io import HEAD_FILES, METRICS, RUN_CONFIG, read_run_config, save_head, write_run_config
 from construct.head.model import ConStructHead, HeadConfig
 from construct.inference.runs import HEAD_KIND, require_kind
 from construct.head.pooler import ContrastiveHead
@@ -33,7 +33,6 @@ from construct.train.validate import validate
 from construct.train.weighting import LossWeighting
 
 CHECKPOINT = "checkpoint.pt"
-METRICS = "metrics.jsonl"
 LOG = "train.log"
 log = logging.getLogger("construct.train")
 # Positive examples of the rarest class a plan must show the classifier, below which `train` warns. On the

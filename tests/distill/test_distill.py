@@ -66,8 +66,11 @@ def test_runs_of_the_other_kind_are_refused(tiny_run, student_run, tmp_path):
 
 def test_bad_input_is_one_line(tiny_run, tmp_path):
     base = ["distill", "--run", str(tiny_run.run), "--data", str(tiny_run.data), "--out", str(tmp_path / "s")]
-    one_line_error(base + ["--encoder", "resnet9000"], "--encoder resnet9000: unknown; expected one of resnet18, ")
-    one_line_error(base + ["--arch", "deeplab"], "--arch deeplab: unknown; expected one of unet, fpn, segformer")
+    for flag, value in (("--encoder", "resnet9000"), ("--arch", "deeplab")):  # closed sets: click's choices
+        result = CliRunner().invoke(main, base + [flag, value])
+        assert result.exit_code == 2 and f"Invalid value for '{flag}': '{value}' is not one of" in result.output
+    with pytest.raises(ConstructError, match="--encoder resnet9000: unknown; expected one of resnet18, "):
+        build_student("unet", "resnet9000", 6)  # the Python API checks them too
     one_line_error(base + ["--targets", str(tmp_path / "none.zarr")], "teacher targets not found")
     one_line_error(base + ["--classes", "luad"], "the run's classes (TUM=0, STR=1, LYM=2, NEC=3, background=4) "
                                                   "differ from the dataset's (--classes luad: TE=0, NEC=1, LYM=2, TAS=3")

@@ -148,6 +148,21 @@ def test_cli_trains_reports_parameters_and_resumes(stores, tmp_path):
     code, output = run_cli("--features", stores["train"], "--out", moved, "--resume", "--quiet")
     assert code == 0, output
     assert len(metrics(moved)) == 1 and not run.exists()
+    # the command it was started with, --resume added, continues it (placement flags may change) ...
+    code, output = run_cli("--features", stores["train"], "--out", moved, "--no-contrast", "--resume", *FAST,
+                           "--loader-workers", "1")
+    assert code == 0, output
+    # ... but what it learns cannot change on --resume: refused in one line naming the flags
+    config = tmp_path / "c.toml"
+    config.write_text("lr = 0.5\n")
+    for changed, flags in [("--steps, --lr", ["--steps", "99", "--lr", "0.5"]), ("--preset", ["--preset", "paper"]),
+                           ("--config", ["--config", config]), ("--no-distill", ["--no-distill"]),
+                           ("--loss-weighting", ["--weighting", "uncertainty"])]:
+        code, output = run_cli("--features", stores["train"], "--out", moved, "--resume", "--quiet", *flags)
+        assert_one_error(code, output, f"{changed} differ", "--resume")
+    config.write_text("lr = 1e-3\n")  # the demo preset's: the same setting is no change
+    code, output = run_cli("--features", stores["train"], "--out", moved, "--resume", "--quiet", "--config", config)
+    assert code == 0, output
 
 
 def test_resume_without_a_run(tmp_path):
