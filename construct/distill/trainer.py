@@ -15,16 +15,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from construct.atomic import atomic_output, write_text_atomic
-from construct.seeding import seeded_init
 from construct.data.classes import load_classes
 from construct.data.sources import split_source
 from construct.distill.config import WEIGHTINGS, DistillConfig
-from construct.distributed import World, session
 from construct.distill.data import TargetSet, augment, epoch_batches, target_loader, to_device
 from construct.distill.io import STUDENT_FILES, save_student
 from construct.distill.losses import boundary_ce, boundary_weights, fixed_weighted, soft_mse, uncertainty_weighted
 from construct.distill.student import Student, build_student, check_names
 from construct.distill.targets import check_classes, make_targets, open_targets
+from construct.distributed import World, session
 from construct.errors import ConstructError
 from construct.evaluate.metrics import scores as metric_scores
 from construct.head.io import METRICS, RUN_CONFIG, read_run_config, write_run_config
@@ -34,6 +33,7 @@ from construct.inference.runs import STUDENT_KIND, head_run_meta, require_kind
 from construct.inference.score_store import ScoreStore
 from construct.inference.sinks import ConfusionSink
 from construct.inference.student import StudentPredictor
+from construct.seeding import seeded_init
 from construct.store.in_memory import gib
 from construct.train.ddp import BatchShare, convert_sync_batchnorm, wrap
 
@@ -132,7 +132,7 @@ def distill(cfg: DistillConfig, resume: bool = False, conch: TapBackbone | None 
     """Make (or reuse) the teacher targets and train a student run. Under torchrun the processes share each
     batch in DDP; rank 0 alone makes the targets, validates and writes the run folder."""
     _validate(cfg)
-    with session(cfg.device) as (world, device):
+    with session(cfg.device) as (world, device), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         return _distill(cfg, resume, conch, progress and world.is_main, world, device)
 
 
@@ -185,6 +185,9 @@ def _distill(cfg: DistillConfig, resume: bool, conch: TapBackbone | None, progre
     model.train()
     for epoch in range(state["epoch"], n_epochs):
         rng = np.random.default_rng([cfg.seed, epoch, 1, world.rank])
+        # Dropout draws from torch's own generator (inside `distill`'s fork, so the caller's is untouched):
+        # seeded per epoch, a run is repeatable and a resumed one draws as the uninterrupted one did.
+        torch.manual_seed(int(np.random.SeedSequence([cfg.seed, epoch, 2, world.rank]).generate_state(1)[0]))
         batches = epoch_batches(len(dataset), cfg.batch_size, cfg.seed, epoch, world.world_size)
         batches = batches[:total_steps - epoch * n_batches]
         shares = [BatchShare(len(b), world) for b in batches]

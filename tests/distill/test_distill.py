@@ -7,8 +7,10 @@ import json
 import socket
 
 import pytest
+import torch
 from click.testing import CliRunner
 
+import construct.distill.trainer as trainer
 from construct.cli import main
 from construct.data.classes import BCSS
 from construct.distill.io import STUDENT_FILES, load_student
@@ -16,7 +18,6 @@ from construct.distill.student import build_student
 from construct.distill.targets import check_classes
 from construct.distill.trainer import distill
 from construct.errors import ConstructError
-
 from tiny_runs import quick_config
 
 
@@ -34,17 +35,77 @@ def test_student_run_holds_weights_metrics_and_its_kind(student_run):
     assert sum(p.numel() for p in student.parameters()) == student_run.n_parameters
 
 
-def test_resume_continues_from_the_last_epoch(tiny_run, student_run, tmp_path):
+class Killed(BaseException):
+    """Stands in for a kill: not an Exception, so nothing on the way out may catch it."""
+
+
+def _history(run) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _weights(run) -> dict:
+    from safetensors.torch import load_file
+
+    return {which: load_file(str(run / name)) for which, name in STUDENT_FILES.items()}
+
+
+def test_resume_after_a_kill_gives_the_uninterrupted_student(tiny_run, student_run, tmp_path, monkeypatch):
+    """Killed after epoch 1's checkpoint and resumed, the run ends bit for bit as an uninterrupted one."""
+    config = dict(epochs=3, targets=student_run.targets)
+    reference = distill(quick_config(tiny_run, tmp_path / "reference", **config), progress=False)
+    end_epoch = trainer._end_epoch
+
+    def killed_after_first_epoch(*args, **kwargs):
+        end_epoch(*args, **kwargs)
+        raise Killed
+
     out = tmp_path / "student"
-    first = distill(quick_config(tiny_run, out, epochs=1, targets=student_run.targets), progress=False)
-    again = distill(quick_config(tiny_run, out, epochs=2, targets=student_run.targets), resume=True, progress=False)
-    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [h["epoch"] for h in history] == [1, 2] and first.best_miou is not None and again.run == out
+    monkeypatch.setattr(trainer, "_end_epoch", killed_after_first_epoch)
+    with pytest.raises(Killed):
+        distill(quick_config(tiny_run, out, **config), progress=False)
+    monkeypatch.setattr(trainer, "_end_epoch", end_epoch)
+    assert [h["epoch"] for h in _history(out)] == [1]
+    again = distill(quick_config(tiny_run, out, **config), resume=True, progress=False)
+    assert _history(out) == _history(reference.run) and [h["epoch"] for h in _history(out)] == [1, 2, 3]
+    got, want = _weights(out), _weights(reference.run)
+    for which in want:
+        assert got[which].keys() == want[which].keys()
+        differ = [k for k in want[which] if not torch.equal(got[which][k], want[which][k])]
+        assert not differ, f"student_{which} differs in {differ[:5]}"
+    assert again.best_miou == reference.best_miou and again.final_loss == reference.final_loss
+
+
+def test_resume_refusals(tiny_run, student_run, tmp_path):
+    out = student_run.run
     with pytest.raises(ConstructError, match="already holds a run; use --resume"):
         distill(quick_config(tiny_run, out, targets=student_run.targets), progress=False)
     with pytest.raises(ConstructError, match="was started with another student"):
         distill(quick_config(tiny_run, out, encoder="resnet18", targets=student_run.targets), resume=True,
                 progress=False)
+
+
+def test_fractional_epochs_stop_part_way(tiny_run, student_run, tmp_path, monkeypatch):
+    """--epochs 0.5 of 3 batches an epoch (12 tiles, batch 4) trains ceil(1.5) = 2 steps, as train counts."""
+    steps = []
+    objective = trainer.objective
+    monkeypatch.setattr(trainer, "objective", lambda *a, **k: steps.append(1) or objective(*a, **k))
+    distill(quick_config(tiny_run, tmp_path / "s", epochs=0.5, targets=student_run.targets), progress=False)
+    assert len(steps) == 2 and [h["epoch"] for h in _history(tmp_path / "s")] == [1]
+
+
+def test_a_non_finite_loss_stops_in_one_line(tiny_run, student_run, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    objective = trainer.objective
+
+    def nan_at_step_2(*args, **kwargs):
+        calls["n"] += 1
+        total, terms = objective(*args, **kwargs)
+        return (total * float("nan"), terms) if calls["n"] == 2 else (total, terms)
+
+    monkeypatch.setattr(trainer, "objective", nan_at_step_2)
+    with pytest.raises(ConstructError, match=r"loss became nan at epoch 1 step 2 \(loss=nan, mse=.*distill stopped"):
+        distill(quick_config(tiny_run, tmp_path / "s", targets=student_run.targets), progress=False)
+    assert not (tmp_path / "s" / "distill_checkpoint.pt").exists()  # nothing written from a bad step
 
 
 def one_line_error(args: list[str], says: str) -> None:
