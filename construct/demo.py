@@ -21,6 +21,7 @@ from construct.errors import ConstructError
 
 DEMO_BACKBONE = "random-tiny"  # no download, seconds per phase on a CPU
 DEMO_PRESET = "demo"
+DEMO_DEVICE = "cpu"  # the demo's numbers are the CPU's (a GPU sums in another order)
 # Stage 2 in the demo: the lightest student, trained briefly on crops, so the whole demo stays short.
 DEMO_STUDENT = {"arch": "segformer", "encoder": "mobilenet-v3-small", "crop": 96, "lr": 3e-3, "batch_size": 16}
 DEMO_STUDENT_EPOCHS = 3
@@ -95,7 +96,7 @@ def _phases(cfg: DemoConfig) -> list[tuple[str, str, Callable[[], str]]]:
     def extract_split(split: str) -> Callable[[], str]:
         def run() -> str:
             r = extract(ExtractConfig(data=cfg.data, split=split, out=cfg.features / f"{split}.zarr",
-                                      conch=DEMO_BACKBONE, segformer=DEMO_BACKBONE, device="cpu"),
+                                      conch=DEMO_BACKBONE, segformer=DEMO_BACKBONE, device=DEMO_DEVICE),
                         progress=cfg.progress)
             return f"{r.n_rows} rows, {r.n_extracted} extracted now ({r.images_per_s:.1f} img/s)"
         return run
@@ -103,49 +104,54 @@ def _phases(cfg: DemoConfig) -> list[tuple[str, str, Callable[[], str]]]:
     def train_head() -> str:
         tc = resolve_config(DEMO_PRESET, None, features=str(cfg.features / "train.zarr"),
                             val_features=str(cfg.features / "valid.zarr"), out=str(cfg.run), steps=cfg.steps,
-                            seed=cfg.seed, device="cpu")
+                            seed=cfg.seed, device=DEMO_DEVICE)
         r = train(tc, resume=(cfg.run / RUN_CONFIG).is_file(), progress=cfg.progress)
         return f"{r.n_trainable:,} trainable parameters, best val mIoU {r.best_miou:.2f}"
 
     def refine_test() -> str:
         r = refine(RefineConfig(run=cfg.run, data=cfg.data, split="test", out=cfg.predictions,
-                                workers=cfg.crf_workers, device="cpu"), progress=cfg.progress)
+                                workers=cfg.crf_workers, device=DEMO_DEVICE), progress=cfg.progress)
         if r.n_written == 0:
             return f"all {r.n_skipped} masks already written"
         return f"{r.n_written + r.n_skipped} masks (gate {r.gate}, TTA + CRF, {r.tiles_per_s:.1f} tiles/s)"
 
     def distill_student() -> str:
         dc = DistillConfig(run=cfg.run, data=cfg.data, out=cfg.student, epochs=cfg.student_epochs, seed=cfg.seed,
-                           target_workers=cfg.crf_workers, device="cpu", **DEMO_STUDENT)
+                           target_workers=cfg.crf_workers, device=DEMO_DEVICE, **DEMO_STUDENT)
         done = (cfg.student / RUN_CONFIG).is_file()
         r = distill(dc, resume=done, progress=cfg.progress)
         return f"{r.n_parameters:,} student parameters, best val mIoU {r.best_miou:.2f}"
 
     def refine_student() -> str:
         r = refine(RefineConfig(run=cfg.student, data=cfg.data, split="test", out=cfg.student_predictions,
-                                workers=cfg.crf_workers, device="cpu"), progress=cfg.progress)
+                                workers=cfg.crf_workers, device=DEMO_DEVICE), progress=cfg.progress)
         if r.n_written == 0:
             return f"all {r.n_skipped} masks already written"
         return f"{r.n_written + r.n_skipped} masks (gate {r.gate}, no TTA, no CRF, {r.tiles_per_s:.1f} tiles/s)"
 
     o = cfg.out
+    # The commands print every setting the phases pass, so that each reproduces its phase by hand.
+    on_cpu = f"--device {DEMO_DEVICE}"
     student_flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in DEMO_STUDENT.items())
     return [
         ("synth", f"construct synth --out {cfg.data} --train {cfg.n_train} --valid {cfg.n_valid} "
                   f"--test {cfg.n_test} --seed {cfg.seed}", synth),
         ("extract train", f"construct extract --data {cfg.data} --split train --out {o}/features/train.zarr "
-                          f"--conch {DEMO_BACKBONE} --segformer {DEMO_BACKBONE}", extract_split("train")),
+                          f"--conch {DEMO_BACKBONE} --segformer {DEMO_BACKBONE} {on_cpu}", extract_split("train")),
         ("extract valid", f"construct extract --data {cfg.data} --split valid --out {o}/features/valid.zarr "
-                          f"--conch {DEMO_BACKBONE} --segformer {DEMO_BACKBONE}", extract_split("valid")),
+                          f"--conch {DEMO_BACKBONE} --segformer {DEMO_BACKBONE} {on_cpu}", extract_split("valid")),
         ("train", f"construct train --features {o}/features/train.zarr --val-features {o}/features/valid.zarr "
-                  f"--out {cfg.run} --preset {DEMO_PRESET}" + (f" --steps {cfg.steps}" if cfg.steps else ""),
+                  f"--out {cfg.run} --preset {DEMO_PRESET} --seed {cfg.seed} {on_cpu}"
+                  + (f" --steps {cfg.steps}" if cfg.steps else ""),
          train_head),
-        ("refine", f"construct refine --run {cfg.run} --data {cfg.data} --split test --out {cfg.predictions}",
+        ("refine", f"construct refine --run {cfg.run} --data {cfg.data} --split test --out {cfg.predictions} "
+                   f"--crf-workers {cfg.crf_workers} {on_cpu}",
          refine_test),
         ("distill", f"construct distill --run {cfg.run} --data {cfg.data} --out {cfg.student} {student_flags} "
-                    f"--epochs {cfg.student_epochs}", distill_student),
+                    f"--epochs {cfg.student_epochs} --seed {cfg.seed} --crf-workers {cfg.crf_workers} {on_cpu}",
+         distill_student),
         ("refine student", f"construct refine --run {cfg.student} --data {cfg.data} --split test "
-                           f"--out {cfg.student_predictions}", refine_student),
+                           f"--out {cfg.student_predictions} --crf-workers {cfg.crf_workers} {on_cpu}", refine_student),
     ]
 
 

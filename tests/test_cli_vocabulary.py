@@ -6,6 +6,7 @@ these tests parse flags only and run no phase.
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import click
@@ -19,6 +20,7 @@ import construct.refine
 import construct.slide.model
 import construct.train.config
 from construct.cli import main
+from construct.demo import DEMO_DEVICE, DemoConfig, _phases  # before the fixture stands in for DemoConfig
 
 
 class Captured(Exception):
@@ -115,3 +117,24 @@ def test_shared_names(name):
 def test_epochs_have_one_type():
     types = {name: _options(main.commands[name])["epochs"].type for name in ("train", "distill", "ablate")}
     assert set(types.values()) == {click.FLOAT}
+
+
+def test_the_demos_printed_commands_carry_its_settings(settings, tmp_path):
+    """Each phase's "equivalent command" reaches the settings the demo itself passes (seed, device, CRF
+    processes), so that a user who reruns it by hand gets the same phase."""
+    cfg = DemoConfig(out=tmp_path, seed=7, crf_workers=3)
+    seen = set()
+    for name, command, _ in _phases(cfg):
+        if name == "synth":  # seed checked by name below; running it would write the data
+            assert f"--seed {cfg.seed}" in command
+            continue
+        args = shlex.split(command)
+        assert args[0] == "construct"
+        got = settings(args[1:])
+        assert got["device"] == DEMO_DEVICE, name
+        if args[1] in ("train", "distill"):
+            assert got["seed"] == cfg.seed, name
+        if args[1] in ("refine", "distill"):
+            assert got["target_workers" if args[1] == "distill" else "workers"] == cfg.crf_workers, name
+        seen.add(args[1])
+    assert seen == {"extract", "train", "refine", "distill"}

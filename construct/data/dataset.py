@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from construct.atomic import atomic_output
 from construct.data import SPLITS
 from construct.data.classes import ClassSet
-from construct.atomic import atomic_output
 from construct.errors import ConstructError
 
 IMAGE_SIZE = 224

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
+from construct.atomic import write_text_atomic
 from construct.data.classes import BCSS, ClassSet
 from construct.data.dataset import list_split
-from construct.atomic import write_text_atomic
 from construct.errors import ConstructError
-from construct.evaluate.baselines import baseline_scores
 from construct.evaluate.ablation import read_ablation
+from construct.evaluate.baselines import baseline_scores
 from construct.evaluate.collect import Collected, collect
 from construct.evaluate.gallery import prototype_gallery
 from construct.evaluate.metrics import PROTOCOLS, Scores, apply_protocol, scores

@@ -3,23 +3,21 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from construct.backbones.conch import build_conch
 from construct.backbones.segformer import build_segformer
 from construct.data.synth import SynthConfig, make_synthetic_dataset
+from thread_count import torch_threads
 
 from .helpers import N_TRAIN, N_VALID
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(autouse=True)
 def one_thread():
     """torchrun gives each process one thread (OMP_NUM_THREADS=1): the single-process references here run
-    with one thread too, so that their numbers are the ones the processes compute."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with one thread too (inside each test), so that their numbers are the ones the processes compute."""
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -5,24 +5,23 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from construct.data.synth import SynthConfig, make_synthetic_dataset
 from construct.extract.config import ExtractConfig
 from construct.extract.extractor import extract
 from construct.train.config import TrainConfig, resolve_config
+from thread_count import torch_threads
 
 N_TRAIN, N_VALID = 60, 12
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(autouse=True)
 def one_thread():
     """The tiny heads here run no faster on two threads, and on a busy machine two OpenMP threads that
-    spin-wait for each other cost up to 10x the time: one thread for these tests."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    spin-wait for each other cost up to 10x the time: one thread for each test here (and for the shared
+    fixtures that train, in their own bodies)."""
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="session")

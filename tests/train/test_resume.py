@@ -13,6 +13,7 @@ import torch
 import construct.train.trainer as trainer
 from construct.errors import ConstructError
 from construct.train.trainer import train
+from thread_count import torch_threads
 
 from .helpers import head_weights, metrics
 
@@ -46,7 +47,8 @@ def reference(stores, tmp_path_factory):
     out = tmp_path_factory.mktemp("reference") / "run"
     cfg = resolve_config("demo", None, features=str(stores["train"]), val_features=str(stores["valid"]),
                          out=str(out), workers=0, device="cpu", **SCHEDULE)
-    train(cfg, progress=False)
+    with torch_threads(1):  # bitwise comparisons need the tests' own thread count (tests/train/conftest.py)
+        train(cfg, progress=False)
     return out
 
 

@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from construct.seeding import seeded_init
 from construct.head.io import load_head
 from construct.head.model import ConStructHead
+from construct.seeding import seeded_init
 from construct.store import FeatureStore
 from construct.train.config import resolve_config
 from construct.train.trainer import _head_config, train
 from construct.train.validate import validate
+from thread_count import torch_threads
 
 from .helpers import head_weights, metrics
 
@@ -27,7 +28,8 @@ def demo_run(stores, tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "run"
     cfg = resolve_config("demo", None, features=str(stores["train"]), val_features=str(stores["valid"]),
                          out=str(out), workers=0, device="cpu")
-    return cfg, train(cfg, progress=False)
+    with torch_threads(1):  # as the tests here run (tests/train/conftest.py)
+        return cfg, train(cfg, progress=False)
 
 
 def untrained_mious(cfg, stores) -> list[float]:
