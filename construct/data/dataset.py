@@ -1,6 +1,6 @@
 """Listing and reading BCSS-WSSS-style tile datasets.
 
-The layout (DESIGN.md section 6): `train/*.png` (or `train/img/*.png`) with the image-level labels in a
+The layout (docs/design.md section 6): `train/*.png` (or `train/img/*.png`) with the image-level labels in a
 bracket at the end of each file name, and `valid/` (or `val/`) and `test/`, each with `img/` and `mask/`
 holding files of identical names. Every reading error becomes a one-line `ConstructError` that starts
 with the offending path, so a bad tile among thousands is found at once.

@@ -1,6 +1,6 @@
 """The one inference pipeline: tile source → predictor → (gate, CRF or argmax) → sinks.
 
-refine, distill's teacher targets and slide are arrangements of these parts (DESIGN.md section 8).
+refine, distill's teacher targets and slide are arrangements of these parts (docs/design.md section 5).
 The predictor runs in this process in batches; with `crf` and `workers` > 0 each tile's Dense CRF runs
 in a process pool, overlapping the next forward and using the other cores. Sinks are written in this
 process, in source order, so a sink needs no locking and a resumed run sees a prefix of the tiles done.

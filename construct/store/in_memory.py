@@ -1,7 +1,7 @@
 """Reading small Zarr stores whole into RAM.
 
 Zarr 3.1's reads of a few rows go through its async machinery at about 13 ms per array and call, which is
-more than a small head's or student's whole training step (benchmarks/README.md, "Reading stores"). A
+more than a small head's or student's whole training step (docs/design.md section 3). A
 store that fits in memory is read once, as stored (int8 or uint8, not decoded), and sliced there.
 """
 

@@ -1,4 +1,4 @@
-"""Full-size `random` builds: the documented architectures (DESIGN.md section 2), tap shapes, parameter counts."""
+"""Full-size `random` builds: the documented architectures (docs/design.md section 2), tap shapes, parameter counts."""
 
 from __future__ import annotations
 

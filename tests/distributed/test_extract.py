@@ -3,10 +3,7 @@ rows are done on the next run, once."""
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -14,9 +11,9 @@ import pytest
 from construct.extract.config import ExtractConfig
 from construct.extract.extractor import extract
 from construct.store import FeatureStore
-
 from extract.helpers import assert_same_store  # tests/ is on sys.path (pytest rootdir-relative packages)
-from .helpers import N_TRAIN, SHARD_ROWS, TIMEOUT_S, env, extract_args, run, torchrun, worker_pid
+
+from .helpers import N_TRAIN, SHARD_ROWS, TIMEOUT_S, env, extract_args, run, torchrun
 
 
 def reference(data, out, **kw) -> Path:
@@ -37,15 +34,6 @@ def test_two_processes_write_the_single_process_store(synth_data, tmp_path):
     assert_same_store(got, want)
 
 
-def done_rows(out: Path) -> int:
-    if not any((out / "done").rglob("c/*")):
-        return 0  # no shard of the completion record yet (cheap: leaves the CPU to the run)
-    try:
-        return FeatureStore.open(out, require_complete=False).n_done
-    except Exception:  # a chunk being written right now
-        return 0
-
-
 def shard_files(store: Path, shards: set[int]) -> dict[str, tuple[bytes, int]]:
     """Bytes and modification time of every file holding rows of the given shards (Zarr keys c/<shard>/...)."""
     out = {}
@@ -56,29 +44,22 @@ def shard_files(store: Path, shards: set[int]) -> dict[str, tuple[bytes, int]]:
     return out
 
 
+KILL_SCRIPT = Path(__file__).resolve().parents[1] / "kill_after_shard.py"
+
+
 def test_a_killed_rank_is_redone_on_resume_once(synth_data, tmp_path):
     want = reference(synth_data, tmp_path / "one.zarr")
     out = tmp_path / "killed.zarr"
-    agent = subprocess.Popen(torchrun(*extract_args(synth_data, out)), env=env(), stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE)
-    deadline = time.monotonic() + TIMEOUT_S
-    try:
-        while agent.poll() is None and done_rows(out) == 0:
-            assert time.monotonic() < deadline, "extraction never wrote a shard"
-            time.sleep(0.02)
-        # The first shard is done; rank 1 has one of its two shards still to do.
-        pid = worker_pid(agent.pid, rank=1)
-        assert pid is not None, "rank 1 had already finished"
-        os.kill(pid, signal.SIGKILL)  # torchrun then stops rank 0 too
-    finally:
-        agent.wait(timeout=60)
-        agent.stderr.close()
-    assert agent.returncode != 0, "the run finished before rank 1 could be killed"
-
+    # Rank 1 (shards 2 and 3 of 4) kills itself once it has written its first shard; torchrun then stops
+    # rank 0, wherever it is in its own two.
+    agent = subprocess.run(torchrun(*extract_args(synth_data, out), program=(KILL_SCRIPT, "1", "1")), env=env(),
+                           capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert agent.returncode != 0, "the run finished although rank 1 was to kill itself"
     partial = FeatureStore.open(out, require_complete=False)
     done, n_done = partial.done_mask(), partial.n_done
     assert 0 < n_done < N_TRAIN and n_done % SHARD_ROWS == 0  # whole shards only
     done_shards = {a // SHARD_ROWS for a, b in partial.shards() if done[a:b].all()}
+    assert 2 in done_shards and 3 not in done_shards  # rank 1's first shard, written before its kill
     kept = shard_files(out, done_shards)
     assert kept
 

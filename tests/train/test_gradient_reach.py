@@ -1,4 +1,4 @@
-"""Every loss term reaches the parameters of the fused inference CAM (DESIGN.md section 4).
+"""Every loss term reaches the parameters of the fused inference CAM (docs/design.md section 4).
 
 The authors' released code has the defect that neither extra loss can change the CAMs: the contrastive
 inputs are detached and distillation trains an adapter that feeds no CAM. Here each term alone, computed
