@@ -340,8 +340,9 @@ def _record(run: Path, head, weighting, opt, sched, bank, val, device, state: di
     _save_checkpoint(run, head, weighting, opt, sched, bank, state)
     log.info(json.dumps(record))
     if progress:
-        tqdm.write("step %d: %s" % (step, ", ".join(
-            f"{k}={v:.4f}" for k, v in record.items() if isinstance(v, float) and k not in ("seconds", "epoch"))))
+        terms = ", ".join(f"{k}={v:.4f}" for k, v in record.items()
+                          if isinstance(v, float) and k not in ("seconds", "epoch"))
+        tqdm.write(f"step {step}: {terms}")
 
 
 def _save_checkpoint(run: Path, head, weighting, opt, sched, bank, state: dict) -> None:

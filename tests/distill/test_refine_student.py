@@ -45,13 +45,17 @@ def test_masks_equal_a_plain_forward_plus_argmax(student_run, tiny_run, tmp_path
 
 
 def test_gt_gate_keeps_only_the_tile_classes_and_crf_and_tta_are_options(student_run, tiny_run, tmp_path):
-    result = _refine(student_run, tiny_run, tmp_path, crf=True, tta=True)
+    result = _refine(student_run, tiny_run, tmp_path, crf=True, tta=True, save_scores=True)
     assert result.gate == "gt" and (result.tta, result.crf) == (True, True)
     assert json.loads((tmp_path / "refine.json").read_text())["settings"]["crf"]["bilateral_compat"] == 50
     for s in list_split(tiny_run.data, "test", BCSS):
-        gt = read_mask(s.mask_path, BCSS)
-        allowed = set(np.unique(gt).tolist()) | {BG}
-        assert set(np.unique(read_mask(tmp_path / f"{s.image_id}.png", BCSS)).tolist()) <= allowed
+        labelled = set(np.unique(read_mask(s.mask_path, BCSS)).tolist()) - {BG}
+        mask = set(np.unique(read_mask(tmp_path / f"{s.image_id}.png", BCSS)).tolist())
+        assert mask <= labelled | {BG}
+        # The scores the CRF chose from hold the labelled classes and only them (the masks alone would
+        # pass as all background): the gate keeps what the tile has, not just removes what it lacks.
+        peaks = np.load(tmp_path / "scores" / f"{s.image_id}.npy")[:len(BCSS)].max(axis=(1, 2))
+        assert {c.mask_index for c, p in zip(BCSS.classes, peaks) if p > 0} == labelled
 
 
 def test_pred_gate_uses_the_students_peak_scores():

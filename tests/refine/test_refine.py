@@ -15,8 +15,8 @@ from construct.errors import ConstructError
 from construct.evaluate.run import evaluate_predictions
 from construct.head.model import HeadOutput
 from construct.head.scores import mask_index_lut
-from construct.refine import RefineConfig, refine
 from construct.inference.head import predicted_gate
+from construct.refine import RefineConfig, refine
 
 BG = BCSS.background_index
 
@@ -42,8 +42,9 @@ def test_masks_have_the_input_size_and_valid_indices(tiny_run, test_out):
         image = read_image(s.image_path)
         mask = read_mask(out / f"{s.image_id}.png", BCSS, shape=image.shape[:2])  # checks size and indices
         gt = read_mask(s.mask_path, BCSS)
-        allowed = {c.mask_index for c, on in zip(BCSS.classes, labels_from_mask(gt, BCSS)) if on} | {BG}
-        assert present(mask) <= allowed  # gt gating: only the classes in the ground truth, or background
+        labelled = {c.mask_index for c, on in zip(BCSS.classes, labels_from_mask(gt, BCSS)) if on}
+        assert present(mask) <= labelled | {BG}  # gt gating: only the classes in the ground truth, or background
+        assert present(mask) & labelled  # and it keeps them: a mask of background alone would pass the line above
         scores = np.load(out / "scores" / f"{s.image_id}.npy")
         assert scores.dtype == np.float16 and scores.shape == (len(BCSS) + 1, *image.shape[:2])
         assert 0 <= scores.min() and scores.max() <= 1
@@ -103,8 +104,9 @@ def test_labels_gate_on_train_uses_file_name_labels(tiny_run, tmp_path):
     result = tiny_run.refine(tmp_path, split="train", crf=False, tta=False)
     assert result.gate == "labels" and result.n_written == 12
     for s in list_split(tiny_run.data, "train", BCSS):
-        allowed = {c.mask_index for c, on in zip(BCSS.classes, s.labels) if on} | {BG}
-        assert present(read_mask(tmp_path / f"{s.image_id}.png", BCSS)) <= allowed
+        labelled = {c.mask_index for c, on in zip(BCSS.classes, s.labels) if on}
+        mask = present(read_mask(tmp_path / f"{s.image_id}.png", BCSS))
+        assert mask <= labelled | {BG} and mask & labelled  # the labelled classes only, and not none of them
 
 
 def test_gate_none_and_pred_on_an_image_folder(tiny_run, tmp_path):
