@@ -42,7 +42,7 @@ def test_folder_keeps_each_phase_output(demo_run):
     assert "<table" in report and "learned by the run" in report  # gallery of the trained prototypes
 
 
-def test_test_miou_clearly_beats_the_trivial_baselines(demo_run):
+def test_test_miou_of_run_and_student_clearly_beat_the_trivial_baselines(demo_run):
     out, output = demo_run
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["split"] == "test" and metrics["n_images"] == 12
@@ -52,7 +52,10 @@ def test_test_miou_clearly_beats_the_trivial_baselines(demo_run):
     assert "beats the trivial baselines" in output
     assert set(metrics["demo"]["phases"]) == {"synth", "extract train", "extract valid", "train", "refine", "distill",
                                               "refine student", "eval"}
-    assert metrics["student"]["n_images"] == 12 and 0 <= metrics["student"]["mIoU"] <= 100
+
+    # the student learns from the run's masks: it must clear the same floor, not merely be a percentage
+    assert metrics["student"]["n_images"] == 12
+    assert metrics["student"]["mIoU"] > max(b["mIoU"] for b in baselines.values()) + MARGIN
 
 
 def test_rerun_reuses_finished_phases(demo_run):

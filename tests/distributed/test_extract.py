@@ -44,7 +44,7 @@ def shard_files(store: Path, shards: set[int]) -> dict[str, tuple[bytes, int]]:
     return out
 
 
-KILL_SCRIPT = Path(__file__).resolve().parents[1] / "kill_after_shard.py"
+KILL_SCRIPT = Path(__file__).resolve().parents[1] / "kill_after.py"
 
 
 def test_a_killed_rank_is_redone_on_resume_once(synth_data, tmp_path):
@@ -52,8 +52,8 @@ def test_a_killed_rank_is_redone_on_resume_once(synth_data, tmp_path):
     out = tmp_path / "killed.zarr"
     # Rank 1 (shards 2 and 3 of 4) kills itself once it has written its first shard; torchrun then stops
     # rank 0, wherever it is in its own two.
-    agent = subprocess.run(torchrun(*extract_args(synth_data, out), program=(KILL_SCRIPT, "1", "1")), env=env(),
-                           capture_output=True, text=True, timeout=TIMEOUT_S)
+    agent = subprocess.run(torchrun(*extract_args(synth_data, out), program=(KILL_SCRIPT, "shard", "1", "1")),
+                           env=env(), capture_output=True, text=True, timeout=TIMEOUT_S)
     assert agent.returncode != 0, "the run finished although rank 1 was to kill itself"
     partial = FeatureStore.open(out, require_complete=False)
     done, n_done = partial.done_mask(), partial.n_done

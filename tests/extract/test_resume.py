@@ -108,7 +108,7 @@ def kill_data(tmp_path_factory):
                                   SynthConfig(n_train=N_KILL, n_valid=0, n_test=0, seed=9), progress=False)
 
 
-KILL_SCRIPT = Path(__file__).resolve().parents[1] / "kill_after_shard.py"
+KILL_SCRIPT = Path(__file__).resolve().parents[1] / "kill_after.py"
 
 
 def cli_extract(data, out, *before: str) -> list[str]:
@@ -129,7 +129,7 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(kill_data, tiny_backbone
 
     out = tmp_path / "killed.zarr"
     # The process kills itself once its first shard is written: two of the three are left.
-    proc = subprocess.run(cli_extract(kill_data, out, "1", "0"), env=env, capture_output=True, text=True,
+    proc = subprocess.run(cli_extract(kill_data, out, "shard", "1", "0"), env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     n_done = FeatureStore.open(out, require_complete=False).n_done
