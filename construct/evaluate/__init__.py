@@ -1,7 +1,7 @@
 """eval phase: score predicted masks with the paper's protocol, compare with Table 2, write a report."""
 
 from construct.evaluate.gallery import nearest_tiles, prototype_gallery
-from construct.evaluate.metrics import PROTOCOLS
+from construct.metrics import PROTOCOLS
 from construct.evaluate.run import evaluate_predictions
 from construct.evaluate.table import PAPER_TABLE2, format_table
 
