@@ -111,7 +111,7 @@ class Segmenter:
                        loader_workers: int = 1, save_scores: bool = False, progress: bool = True) -> RefineResult:
         """`construct refine --images FOLDER --out OUT`: `OUT/<stem>.png` masks (mask values) and
         `OUT/refine.json`; with `save_scores`, `OUT/scores/<stem>.npy` float16 (C + 1, H, W). Rerunning
-        resumes. gate: `pred` (default), `none`, or the others refine knows."""
+        resumes. gate: `pred` (the model's classifier, default) or `none` (every class)."""
         o = self.model.options
         cfg = RefineConfig(run=self.model.run, images=Path(folder), out=Path(out), gate=gate,
                            pred_threshold=pred_threshold, tta=o.tta, crf=crf, batch_size=batch_size,

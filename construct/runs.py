@@ -8,7 +8,7 @@ what every later phase reads.
     RUN/<checkpoint>.pt          everything a resumed run needs (written atomically)
 
 This module knows the layout, not the models: the head (construct.head.io) and the student
-(construct.distill.io) build their networks from the state dicts read here. It imports no phase.
+(construct.student.io) build their networks from the state dicts read here. It imports no phase.
 """
 
 from __future__ import annotations

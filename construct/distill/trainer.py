@@ -18,9 +18,9 @@ from construct.data.sources import split_source
 from construct.ddp import BatchShare, convert_sync_batchnorm, wrap
 from construct.distill.config import WEIGHTINGS, DistillConfig
 from construct.distill.data import TargetSet, augment, epoch_batches, target_loader, to_device
-from construct.distill.io import save_student
+from construct.student.io import save_student
 from construct.distill.losses import boundary_ce, boundary_weights, fixed_weighted, soft_mse, uncertainty_weighted
-from construct.distill.student import Student, build_student, check_names
+from construct.student.model import Student, build_student, check_names
 from construct.distill.targets import check_classes, make_targets, open_targets
 from construct.distributed import World, session
 from construct.errors import ConstructError

@@ -32,6 +32,7 @@ from construct.inference.student import StudentPredictor
 from construct.inference.tta import variants_for
 from construct.runs import STUDENT_KIND, WHICH, head_run_meta, read_run_config, run_kind, run_mpp
 from construct.runtime import resolve_device
+from construct.student.io import load_student
 
 DEFAULT_PRECISION = "fp32"  # of runs whose store recorded none
 STUDENT_FLIP_VARIANTS = 2  # a student's TTA: the image and its horizontal flip
@@ -138,8 +139,6 @@ def _head(run: Path, options: PredictorOptions, backbone: TapBackbone | None,
 
 
 def _student(run: Path, options: PredictorOptions) -> LoadedModel:
-    from construct.distill.io import load_student
-
     student, meta = load_student(run, options.head)
     classes, tile_size = ClassSet.from_dict(meta["classes"]), int(meta["tile_size"])
     tta = bool(options.tta)

@@ -11,8 +11,8 @@ from click.testing import CliRunner
 
 from construct.cli import main
 from construct.data.classes import BCSS
-from construct.distill.io import load_student
-from construct.distill.student import build_student
+from construct.student.io import load_student
+from construct.student.model import build_student
 from construct.distill.targets import check_classes
 from construct.distill.trainer import distill
 from construct.errors import ConstructError

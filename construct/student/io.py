@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from construct.data.classes import ClassSet
-from construct.distill.student import Student
+from construct.student.model import Student
 from construct.errors import ConstructError
 from construct.runs import STUDENT_KIND, read_kind, read_weights, save_weights, weights_path
 
