@@ -46,7 +46,7 @@ from construct.data.classes import BCSS
 from construct.data.dataset import IMAGE_SIZE, SPLITS, labels_from_mask, list_split, read_mask, write_mask
 from construct.data.synth import _layout
 from construct.errors import ConstructError
-from construct.evaluate.metrics import confusion_matrix, scores
+from construct.metrics import confusion_matrix, scores
 
 MARKER_NAME = "real_pixels.json"
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "construct-bench"

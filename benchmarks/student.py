@@ -25,7 +25,7 @@ from construct.data.classes import BCSS
 from construct.data.sources import SampleSource
 from construct.data.dataset import list_split
 from construct.demo import DEMO_STUDENT_EPOCHS, DemoConfig, run_demo
-from construct.distill.io import load_student
+from construct.student.io import load_student
 from construct.head.model import ConStructHead, HeadConfig
 from construct.inference.head import HeadPredictor
 from construct.inference.pipeline import run_inference

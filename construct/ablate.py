@@ -18,7 +18,7 @@ from construct.data.classes import ClassSet
 from construct.distributed import session
 from construct.errors import ConstructError
 from construct.evaluate.ablation import ABLATION_FILE, format_ablation, markdown_ablation
-from construct.head.io import METRICS, RUN_CONFIG, read_run_config
+from construct.runs import is_run, read_metrics, read_run_config
 from construct.train.config import TrainConfig, resolve_config
 
 VARIANTS: dict[str, dict] = {
@@ -73,7 +73,7 @@ def _check_same_settings(folder: Path, tc: TrainConfig) -> None:
 
 def _best_validation(run: Path) -> dict:
     """The validation metrics of the run's best record (the head `head_best` holds)."""
-    records = [json.loads(line) for line in (run / METRICS).read_text().splitlines() if line.strip()]
+    records = read_metrics(run)
     best = max((r for r in records if "val_mIoU" in r), key=lambda r: r["val_mIoU"], default=None)
     if best is None:
         raise ConstructError(f"{run}: no validation records (give --val-features)")
@@ -90,7 +90,7 @@ def _run_variant(cfg: AblateConfig, name: str, echo: Callable[[str], None], prog
         echo(f"{name}: done before, kept ({done})")
         return json.loads(done.read_text())["metrics"]
     tc = variant_config(cfg, name)
-    resume = (folder / RUN_CONFIG).is_file()
+    resume = is_run(folder)
     if resume:
         _check_same_settings(folder, tc)
     echo(f"{name}: training in {folder}" + (" (resuming)" if resume else ""))

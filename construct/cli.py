@@ -253,17 +253,14 @@ def train(features, val_features, out, preset, config_file, no_distill, no_contr
           **flags) -> None:
     """Learn the ConStruct head (adapters, prototypes, projections) from a feature store only."""
     from construct.distributed import is_main_process
-    from construct.head.io import read_run_config
     from construct.train.config import resolve_config
     from construct.train.trainer import train as run_train
 
     out = out or Path("runs/construct")
     if resume:  # a resumed run keeps the settings it was started with
-        from construct.inference.runs import HEAD_KIND, require_kind
+        from construct.runs import HEAD_KIND, read_kind
 
-        meta = read_run_config(out)
-        require_kind(out, meta, HEAD_KIND, "train --resume")
-        saved = meta["train"]
+        saved = read_kind(out, HEAD_KIND, "train --resume")["train"]
         changed = changed_on_resume(saved, {"preset": preset, "config_file": config_file, "no_distill": no_distill,
                                             "no_contrast": no_contrast, "no_text_init": no_text_init, **flags})
         if changed:
@@ -367,8 +364,8 @@ def refine(run, data, split, images, out, gate, pred_threshold, tta, crf, batch_
     Re-running the same command resumes: tiles whose mask exists are skipped.
     """
     from construct.backbones.recipe import BackboneRecipe
-    from construct.head.io import read_run_config
     from construct.refine import RefineConfig
+    from construct.runs import read_run_config
     from construct.refine import refine as run_refine
 
     if data is not None and split is None:
@@ -421,21 +418,19 @@ def slide(slides, run, out, mpp, slide_mpp, overlap, tissue_threshold, tta, pred
     others go on (exit status 1 at the end, with the list).
     """
     from construct.distributed import session
-    from construct.slide.model import load_model
+    from construct.inference.factory import load_predictor
+    from construct.slide.model import target_mpp
     from construct.slide.run import SlideConfig, list_slides, segment_slides
 
     paths = list_slides(list(slides))
     with session(device) as (world, dev):
-        model = load_model(run, tta=tta, device=str(dev), precision=precision, head=head, conch_spec=conch)
-        target = mpp or model.mpp
-        if target is None:
-            raise ConstructError(f"{run}: the run records no training resolution (extracted before "
-                                 f"`extract --mpp`); pass --mpp")
+        model = load_predictor(run, tta=tta, device=str(dev), precision=precision, head=head, conch=conch)
+        target = target_mpp(model, mpp)
         if world.is_main:
-            warn_random(model.recipes)
+            warn_random(model.backbones.values())
         cfg = SlideConfig(out=out, target_mpp=target, slide_mpp=slide_mpp, overlap=overlap,
                           tissue_threshold=tissue_threshold, batch_size=batch_size, pred_threshold=pred_threshold,
-                          meta={"model": model.describe(run, tta)})
+                          meta={"model": model.describe()})
         result = segment_slides(paths, cfg, model.predictor, progress=not quiet and world.is_main,
                                 echo=lambda line: click.echo(line, err=True), world=world)
     if not world.is_main:

@@ -83,8 +83,8 @@ def _phases(cfg: DemoConfig) -> list[tuple[str, str, Callable[[], str]]]:
     from construct.distill.trainer import distill
     from construct.extract.config import ExtractConfig
     from construct.extract.extractor import extract
-    from construct.head.io import RUN_CONFIG
     from construct.refine import RefineConfig, refine
+    from construct.runs import is_run
     from construct.train.config import resolve_config
     from construct.train.trainer import train
 
@@ -105,7 +105,7 @@ def _phases(cfg: DemoConfig) -> list[tuple[str, str, Callable[[], str]]]:
         tc = resolve_config(DEMO_PRESET, None, features=str(cfg.features / "train.zarr"),
                             val_features=str(cfg.features / "valid.zarr"), out=str(cfg.run), steps=cfg.steps,
                             seed=cfg.seed, device=DEMO_DEVICE)
-        r = train(tc, resume=(cfg.run / RUN_CONFIG).is_file(), progress=cfg.progress)
+        r = train(tc, resume=is_run(cfg.run), progress=cfg.progress)
         return f"{r.n_trainable:,} trainable parameters, best val mIoU {r.best_miou:.2f}"
 
     def refine_test() -> str:
@@ -118,7 +118,7 @@ def _phases(cfg: DemoConfig) -> list[tuple[str, str, Callable[[], str]]]:
     def distill_student() -> str:
         dc = DistillConfig(run=cfg.run, data=cfg.data, out=cfg.student, epochs=cfg.student_epochs, seed=cfg.seed,
                            target_workers=cfg.crf_workers, device=DEMO_DEVICE, **DEMO_STUDENT)
-        done = (cfg.student / RUN_CONFIG).is_file()
+        done = is_run(cfg.student)
         r = distill(dc, resume=done, progress=cfg.progress)
         return f"{r.n_parameters:,} student parameters, best val mIoU {r.best_miou:.2f}"
 

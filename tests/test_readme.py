@@ -39,3 +39,18 @@ def test_ci_runs_the_readme_test_command():
     ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
     assert test_command in ci
     assert 'pip install -q -e ".[dev]"' in "\n".join(ci) and '.venv/bin/pip install -e ".[dev]"' in tests
+
+
+def test_python_example_names_the_api():
+    """The README's Python example calls what the API has (tests/test_api.py checks what the calls do)."""
+    import dataclasses
+
+    import construct
+    from construct.api import Prediction, Segmenter
+
+    section = (ROOT / "README.md").read_text().split("## From Python", 1)[1].split("\n## ", 1)[0]
+    code = re.findall(r"```python\n(.*?)\n```", section, flags=re.S)[0]
+    assert "construct.load(" in code and callable(construct.load)
+    assert set(re.findall(r"\bseg\.(\w+)", code)) <= set(dir(Segmenter))
+    assert set(re.findall(r"\bpred\.(\w+)", code)) <= {f.name for f in dataclasses.fields(Prediction)}
+    assert {"predict", "predict_folder", "segment_slide"} <= set(re.findall(r"\bseg\.(\w+)\(", code))

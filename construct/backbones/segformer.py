@@ -12,9 +12,9 @@ from construct.backbones.recipe import BackboneRecipe
 from construct.backbones.weights import (
     HUB_PREFIX,
     check_keys,
-    fingerprint,
     is_random,
     load_state_dict_file,
+    module_fingerprint,
 )
 from construct.errors import ConstructError
 from construct.seeding import seeded_init
@@ -147,6 +147,6 @@ def build_segformer(spec: str, image_size: int = 224) -> SegformerBackbone:
         family="segformer", spec=spec, arch=_arch_for(list(model.config.hidden_sizes)),
         image_size=image_size, mean=IMAGENET_MEAN, std=IMAGENET_STD,
         taps=tuple(tap_name(i + 1) for i in range(N_STAGES)),
-        fingerprint=fingerprint(iter(model.state_dict().items())), random_weights=random_weights,
+        fingerprint=module_fingerprint(model), random_weights=random_weights,
     )
     return SegformerBackbone(model, recipe)

@@ -66,6 +66,12 @@ def fingerprint(named_tensors: Iterator[tuple[str, torch.Tensor]]) -> str:
     return h.hexdigest()
 
 
+def module_fingerprint(module: torch.nn.Module) -> str:
+    """`fingerprint` of a module's whole state dict (parameters and buffers): how runs, score stores and
+    outputs name the weights that made them."""
+    return fingerprint(iter(module.state_dict().items()))
+
+
 def check_keys(
     missing: list[str], unexpected: list[str], source: str, ignorable: Callable[[str], bool]
 ) -> None:

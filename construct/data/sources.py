@@ -106,3 +106,19 @@ def list_images(folder: Path) -> list[Sample]:
 def folder_source(folder: Path, classes: ClassSet, tile_size: int, workers: int = 0) -> SampleSource:
     """Every image in a folder, unlabelled."""
     return SampleSource(list_images(folder), classes, tile_size, False, workers, Path(folder).resolve().name)
+
+
+class MemorySource:
+    """Tiles already decoded, in memory (the Python API's images), with optional (C,) labels each."""
+
+    def __init__(self, tiles: Sequence[Tile], name: str = "images"):
+        self.tiles = list(tiles)
+        self.name = name
+
+    def __len__(self) -> int:
+        return len(self.tiles)
+
+    def batches(self, batch_size: int, skip: Callable[[str], bool] | None = None) -> Iterator[list[Tile]]:
+        todo = [t for t in self.tiles if skip is None or not skip(t.stem)]
+        for i in range(0, len(todo), batch_size):
+            yield todo[i:i + batch_size]

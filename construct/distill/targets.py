@@ -10,20 +10,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from construct.backbones.weights import fingerprint
 from construct.data.classes import ClassSet
 from construct.data.dataset import Sample, split_dir
 from construct.data.sources import SampleSource
 from construct.distill.config import DistillConfig
 from construct.errors import ConstructError
-from construct.head.io import load_head
 from construct.inference.crf import CRF_PARAMS
-from construct.inference.head import HeadPredictor, TapBackbone
+from construct.inference.factory import load_predictor
+from construct.inference.head import TapBackbone
 from construct.inference.pipeline import run_inference
-from construct.inference.runs import head_run_meta, load_conch
 from construct.inference.score_store import ScoreStore, ScoreStoreSink
-from construct.inference.tta import variants_for
-from construct.runtime import resolve_device
+from construct.runs import HEAD_KIND, read_kind
 from construct.store.feature_store import dataset_fingerprint
 
 TARGETS_DIR = "targets"
@@ -67,26 +64,23 @@ def open_targets(path: Path, samples: list[Sample], classes: ClassSet) -> ScoreS
 def make_targets(cfg: DistillConfig, source: SampleSource, conch: TapBackbone | None = None,
                  progress: bool = True) -> ScoreStore:
     """The run's scores and CRF masks of every train tile, made or finished now, or reused."""
-    _, classes, recipes, prep = head_run_meta(Path(cfg.run), "distill --run")
-    head, _ = load_head(cfg.run, "best")
-    precision = cfg.precision or str(prep.get("precision", "fp32"))
-    variants = variants_for(cfg.tta)
+    read_kind(cfg.run, HEAD_KIND, "distill --run")  # a student cannot teach
+    model = load_predictor(cfg.run, head="best", device=cfg.device, precision=cfg.precision, tta=cfg.tta,
+                           conch=cfg.conch, backbone=conch)
     fp = data_fingerprint(Path(cfg.data), source.samples)
+    settings = model.settings
     compat = {
-        "run": str(Path(cfg.run).resolve()), "head_fingerprint": fingerprint(iter(head.state_dict().items())),
-        "conch_fingerprint": recipes["conch"].fingerprint, "data_fingerprint": fp, "classes": classes.names,
-        "gate": "labels", "tta": [v.to_dict() for v in variants], "crf": dict(CRF_PARAMS) if cfg.crf else None,
-        "precision": precision, "tile_size": prep["tile_size"],
+        "run": str(Path(cfg.run).resolve()), "head_fingerprint": settings["head_fingerprint"],
+        "conch_fingerprint": settings["conch_fingerprint"], "data_fingerprint": fp, "classes": model.classes.names,
+        "gate": "labels", "tta": settings["tta"], "crf": dict(CRF_PARAMS) if cfg.crf else None,
+        "precision": settings["precision"], "tile_size": model.tile_size,
     }
     path = Path(cfg.run) / TARGETS_DIR / f"{fp[:16]}.zarr"
-    store = ScoreStore.open_or_create(path, [s.image_id for s in source.samples], len(classes),
-                                      prep["tile_size"], compat)
+    store = ScoreStore.open_or_create(path, [s.image_id for s in source.samples], len(model.classes),
+                                      model.tile_size, compat)
     if store.complete:
         return store
-    conch = load_conch(recipes["conch"], cfg.conch, conch)
-    predictor = HeadPredictor(conch, head, classes, prep["tile_size"], variants, precision,
-                              resolve_device(cfg.device))
-    run_inference(source, predictor, [ScoreStoreSink(store)], "labels", crf=cfg.crf,
+    run_inference(source, model.predictor, [ScoreStoreSink(store)], "labels", crf=cfg.crf,
                   batch_size=cfg.target_batch_size, workers=cfg.target_workers, progress=progress,
                   total=int((~store.done_mask()).sum()), desc="teacher targets")
     return store

@@ -3,7 +3,6 @@ epoch, best kept, atomic safetensors, `--resume` at epoch boundaries; DDP under 
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -14,30 +13,40 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from construct.atomic import atomic_output, write_text_atomic
 from construct.data.classes import load_classes
 from construct.data.sources import split_source
+from construct.ddp import BatchShare, convert_sync_batchnorm, wrap
 from construct.distill.config import WEIGHTINGS, DistillConfig
 from construct.distill.data import TargetSet, augment, epoch_batches, target_loader, to_device
-from construct.distill.io import STUDENT_FILES, save_student
+from construct.student.io import save_student
 from construct.distill.losses import boundary_ce, boundary_weights, fixed_weighted, soft_mse, uncertainty_weighted
-from construct.distill.student import Student, build_student, check_names
+from construct.student.model import Student, build_student, check_names
 from construct.distill.targets import check_classes, make_targets, open_targets
 from construct.distributed import World, session
 from construct.errors import ConstructError
-from construct.evaluate.metrics import scores as metric_scores
-from construct.head.io import METRICS, RUN_CONFIG, read_run_config, write_run_config
 from construct.inference.head import TapBackbone
 from construct.inference.pipeline import run_inference
-from construct.inference.runs import STUDENT_KIND, head_run_meta, require_kind
 from construct.inference.score_store import ScoreStore
 from construct.inference.sinks import ConfusionSink
 from construct.inference.student import StudentPredictor
+from construct.metrics import scores as metric_scores
+from construct.runs import (
+    RUN_CONFIG,
+    STUDENT_KIND,
+    WEIGHT_FILES,
+    head_run_meta,
+    is_run,
+    load_checkpoint,
+    read_kind,
+    save_checkpoint,
+    write_metrics,
+    write_run_config,
+)
 from construct.seeding import seeded_init
 from construct.store.in_memory import gib
-from construct.train.ddp import BatchShare, convert_sync_batchnorm, wrap
 
 CHECKPOINT = "distill_checkpoint.pt"
+STUDENT_FILES = WEIGHT_FILES[STUDENT_KIND]
 TERMS = ("mse", "ce")
 
 
@@ -100,13 +109,12 @@ def _check_out(cfg: DistillConfig, resume: bool) -> bool:
     """True when resuming from a checkpoint; refuses a head run, or a run other than the one asked for."""
     out = Path(cfg.out)
     if not resume:
-        if (out / RUN_CONFIG).exists():
+        if is_run(out):
             raise ConstructError(f"{out}: already holds a run; use --resume to continue it or choose another --out")
         return False
-    if not (out / RUN_CONFIG).is_file():
+    if not is_run(out):
         raise ConstructError(f"{out}: nothing to resume (no {RUN_CONFIG})")
-    meta = read_run_config(out)
-    require_kind(out, meta, STUDENT_KIND, "distill --resume")
+    meta = read_kind(out, STUDENT_KIND, "distill --resume")
     if meta.get("student") != {**cfg.student_dict(), "n_channels": meta["student"].get("n_channels")}:
         raise ConstructError(f"{out}: was started with another student ({meta['student']}); resume with those "
                              f"--arch/--encoder/--encoder-weights or choose another --out")
@@ -170,12 +178,12 @@ def _distill(cfg: DistillConfig, resume: bool, conch: TapBackbone | None, progre
     spec = {**cfg.student_dict(), "n_channels": len(classes) + 1}
     state = {"epoch": 0, "best_miou": None, "history": []}
     if resuming:
-        ckpt = torch.load(out / CHECKPOINT, map_location=device, weights_only=True)
+        ckpt = load_checkpoint(out / CHECKPOINT, device)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         state = ckpt["state"]
-    elif world.is_main and (not resume or not (out / RUN_CONFIG).is_file()):
+    elif world.is_main and (not resume or not is_run(out)):
         out.mkdir(parents=True, exist_ok=True)
         write_run_config(out, _run_record(cfg, spec, classes, tile_size, store, run_meta))
     ddp = wrap(model, world, device)
@@ -237,10 +245,9 @@ def _end_epoch(cfg, out, epoch, model, optimizer, scheduler, state, sums, spec, 
         state["best_miou"] = val["mIoU"]
         save_student(model.student, out / STUDENT_FILES["best"], spec)
     state["epoch"] = epoch + 1
-    write_text_atomic(out / METRICS, "".join(json.dumps(r) + "\n" for r in state["history"]))
-    with atomic_output(out / CHECKPOINT) as tmp:
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "state": state}, tmp)
+    write_metrics(out, state["history"])
+    save_checkpoint(out / CHECKPOINT, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                       "scheduler": scheduler.state_dict(), "state": state})
     if progress:
         tqdm.write(f"epoch {epoch + 1}: loss {sums['loss']:.4f}  val mIoU {val['mIoU']:.2f}")
 

@@ -2,7 +2,7 @@
 
 from construct.lazy import lazy_exports
 
-_EXPORTS = {"nearest_tiles": "gallery", "prototype_gallery": "gallery", "PROTOCOLS": "metrics",
+_EXPORTS = {"nearest_tiles": "gallery", "prototype_gallery": "gallery",
             "evaluate_predictions": "run", "PAPER_TABLE2": "table", "format_table": "table"}
 __all__ = list(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -15,7 +15,7 @@ import numpy as np
 from construct.data.classes import ClassSet
 from construct.data.dataset import Sample, labels_from_mask, read_mask
 from construct.errors import ConstructError
-from construct.evaluate.metrics import Scores, apply_protocol, scores
+from construct.metrics import Scores, apply_protocol, scores
 
 BASELINES = ("all-background", "labelled-everywhere")
 

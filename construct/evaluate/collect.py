@@ -11,7 +11,7 @@ from tqdm import tqdm
 from construct.data.classes import ClassSet
 from construct.data.dataset import Sample, read_mask
 from construct.errors import ConstructError
-from construct.evaluate.metrics import confusion_matrix
+from construct.metrics import confusion_matrix
 
 PRED_SUFFIX = ".png"
 # How many file names a one-line error shows before "and N more".

@@ -16,7 +16,7 @@ from construct.evaluate.ablation import read_ablation
 from construct.evaluate.baselines import baseline_scores
 from construct.evaluate.collect import Collected, collect
 from construct.evaluate.gallery import prototype_gallery
-from construct.evaluate.metrics import PROTOCOLS, Scores, apply_protocol, scores
+from construct.metrics import PROTOCOLS, Scores, apply_protocol, scores
 from construct.evaluate.report import example_tiles, render_report
 from construct.refine.config import REFINE_META
 
@@ -80,7 +80,7 @@ def learned_prototypes(run: Path | str) -> np.ndarray:
     """(C, 512) prototypes of a trained run's best head, in CONCH's joint space like the embeddings."""
     from construct.head.io import load_head
 
-    head, _ = load_head(run, "best")
+    head, _ = load_head(run, "best", command="eval")
     return head.prototypes.detach().float().numpy()
 
 

@@ -15,7 +15,7 @@ from typing import Protocol
 
 import torch
 
-from construct.backbones.weights import fingerprint
+from construct.backbones.weights import module_fingerprint
 from construct.data.classes import ClassSet
 from construct.head.model import ConStructHead, HeadOutput
 from construct.head.scores import score_maps
@@ -90,7 +90,7 @@ class HeadPredictor:
         self.tile_size = tile_size
         self.variants = variants
         self.precision = precision
-        self.fingerprint = fingerprint(iter(head.state_dict().items()))
+        self.fingerprint = module_fingerprint(head)
 
     def scores(self, images01: torch.Tensor, gate: str, labels: torch.Tensor | None = None,
                pred_threshold: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:

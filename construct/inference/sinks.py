@@ -1,4 +1,5 @@
-"""Sinks: palette PNG masks per tile (refine), optionally with float16 score arrays; a confusion matrix.
+"""Sinks: palette PNG masks per tile (refine), optionally with float16 score arrays; a confusion matrix;
+results kept in memory (the Python API).
 
 The score store sink (distill's teacher targets) is in construct.inference.score_store."""
 
@@ -12,7 +13,7 @@ from construct.atomic import atomic_output
 from construct.data.classes import ClassSet
 from construct.data.dataset import write_mask
 from construct.data.sources import Tile
-from construct.evaluate.metrics import confusion_matrix
+from construct.metrics import confusion_matrix
 from construct.head.scores import mask_index_lut
 
 
@@ -65,3 +66,19 @@ class ConfusionSink:
 
     def close(self) -> None:
         """Nothing to flush: `matrix` holds the result."""
+
+
+class MemorySink:
+    """Keeps each tile's scores (C + 1, H, W) and labels (H, W), by stem, in `results`."""
+
+    def __init__(self):
+        self.results: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def done(self, stem: str) -> bool:
+        return stem in self.results
+
+    def write(self, tile: Tile, scores: np.ndarray, labels: np.ndarray) -> None:
+        self.results[tile.stem] = (scores, labels)
+
+    def close(self) -> None:
+        """Nothing to flush: `results` holds everything."""

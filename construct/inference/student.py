@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from construct.backbones.weights import fingerprint
+from construct.backbones.weights import module_fingerprint
 from construct.data.classes import ClassSet
 
 
@@ -31,7 +31,7 @@ class StudentPredictor:
         self.classes = classes
         self.tile_size = tile_size
         self.flip_tta = flip_tta
-        self.fingerprint = fingerprint(iter(student.state_dict().items()))
+        self.fingerprint = module_fingerprint(student)
 
     @torch.no_grad()
     def probabilities(self, images01: torch.Tensor) -> torch.Tensor:

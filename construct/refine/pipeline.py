@@ -10,31 +10,24 @@ end. Re-running the same command skips tiles whose PNG exists.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from construct import __version__
 from construct.atomic import write_text_atomic
 from construct.backbones.recipe import BackboneRecipe
-from construct.backbones.weights import fingerprint
 from construct.data.classes import ClassSet
 from construct.data.dataset import SPLITS, Sample
 from construct.data.sources import SampleSource, folder_source, split_source
 from construct.errors import ConstructError
-from construct.head.io import load_head, read_run_config
 from construct.head.model import ConStructHead
-from construct.head.scores import BACKGROUND_POWER
 from construct.inference.crf import CRF_PARAMS
-from construct.inference.head import HeadPredictor, TapBackbone
-from construct.inference.parts import Predictor
+from construct.inference.factory import LoadedModel, PredictorOptions, load_predictor
+from construct.inference.head import TapBackbone
 from construct.inference.pipeline import run_inference
-from construct.inference.runs import STUDENT_KIND, head_run_meta, load_conch, run_kind
 from construct.inference.sinks import MaskSink
-from construct.inference.student import StudentPredictor
-from construct.inference.tta import variants_for
 from construct.refine.config import GATES, HEADS, PRECISIONS, REFINE_META, SCORES_DIR, RefineConfig
-from construct.runtime import resolve_device
+from construct.runs import STUDENT_KIND
 
 REFINE_FORMAT = "construct-refine"
 REFINE_FORMAT_VERSION = 1
@@ -101,79 +94,23 @@ def resolve_gate(cfg: RefineConfig, samples: list[Sample]) -> str:
     return gate
 
 
-# ---------------------------------------------------------------------------------------- predictors
+# ---------------------------------------------------------------------------------------- model
 
-@dataclass
-class Plan:
-    """What one kind of run contributes to refine: its classes and tile size, the settings that decide
-    its masks, what refine.json records about it, and how to build its predictor (only when needed)."""
-
-    classes: ClassSet
-    tile_size: int
-    tta: bool
-    crf: bool
-    settings: dict
-    record: dict
-    random_weights: bool
-    backbones: dict[str, BackboneRecipe]
-    build: Callable[[], Predictor]
-
-
-def _head_plan(cfg: RefineConfig, meta: dict, conch: TapBackbone | None, head: ConStructHead | None) -> Plan:
-    """Stage 1: live CONCH + the head, 6-way TTA and the CRF by default."""
-    _, classes, recipes, preprocessing = head_run_meta(Path(cfg.run))
-    recipe = recipes["conch"]
-    if head is None:
-        head, _ = load_head(cfg.run, cfg.head)
-    if head.config.n_classes != len(classes):
-        raise ConstructError(f"{cfg.run}: head has {head.config.n_classes} classes, the run's class set {len(classes)}")
-    precision = cfg.precision or str(preprocessing.get("precision", "fp32"))
-    tta = True if cfg.tta is None else cfg.tta
-    crf = True if cfg.crf is None else cfg.crf
-    variants = variants_for(tta)
-    tile_size = preprocessing["tile_size"]
-    settings = {
-        "head_fingerprint": fingerprint(iter(head.state_dict().items())),
-        "tta": [v.to_dict() for v in variants], "background_power": BACKGROUND_POWER,
-        "conch_image_size": recipe.image_size, "precision": precision, "conch_fingerprint": recipe.fingerprint,
-    }
-    random_weights = bool(recipe.random_weights or meta["store"].get("random_weights", False))
-
-    def build() -> Predictor:
-        backbone = load_conch(recipe, cfg.conch, conch)  # checked before anything is written
-        return HeadPredictor(backbone, head, classes, tile_size, variants, precision, resolve_device(cfg.device))
-
-    return Plan(classes, tile_size, tta, crf, settings, {"n_variants": len(variants), "head": cfg.head},
-                random_weights, {"conch": recipe}, build)
-
-
-def _student_plan(cfg: RefineConfig) -> Plan:
-    """Stage 2: the student alone; flip-TTA and the CRF only when asked for."""
-    from construct.distill.io import load_student
-
-    student, meta = load_student(Path(cfg.run), cfg.head)
-    classes, tile_size = ClassSet.from_dict(meta["classes"]), int(meta["tile_size"])
-    tta = bool(cfg.tta)
-    crf = bool(cfg.crf)
-    settings = {"student_fingerprint": fingerprint(iter(student.state_dict().items())), "flip_tta": tta}
-    record = {"n_variants": 2 if tta else 1, "head": cfg.head, "student": meta["student"]}
-
-    def build() -> Predictor:
-        return StudentPredictor(student, classes, tile_size, flip_tta=tta, device=resolve_device(cfg.device))
-
-    return Plan(classes, tile_size, tta, crf, settings, record, bool(meta.get("random_weights", False)), {}, build)
+def predictor_options(cfg: RefineConfig) -> PredictorOptions:
+    return PredictorOptions(head=cfg.head, device=cfg.device, precision=cfg.precision, tta=cfg.tta,
+                            conch=cfg.conch)
 
 
 # ---------------------------------------------------------------------------------------- refine.json
 
-def _settings(cfg: RefineConfig, plan: Plan, gate: str) -> dict:
+def _settings(cfg: RefineConfig, model: LoadedModel, crf: bool, gate: str) -> dict:
     """Everything that decides the masks: resuming into a folder made with other settings is refused."""
     source = ({"images": str(Path(cfg.images).resolve())} if cfg.images is not None
               else {"data": str(Path(cfg.data).resolve()), "split": cfg.split})
     return {
         "run": str(Path(cfg.run).resolve()), **source, "gate": gate,
         "pred_threshold": cfg.pred_threshold if gate == "pred" else None,
-        "crf": dict(CRF_PARAMS) if plan.crf else None, "tile_size": plan.tile_size, **plan.settings,
+        "crf": dict(CRF_PARAMS) if crf else None, "tile_size": model.tile_size, **model.settings,
     }
 
 
@@ -211,39 +148,43 @@ def refine(
     conch: TapBackbone | None = None,
     head: ConStructHead | None = None,
     progress: bool = True,
+    model: LoadedModel | None = None,
 ) -> RefineResult:
     """Write `<stem>.png` masks for every tile of the source into `cfg.out_path` (resuming if it already
     holds some from the same settings). A head run (`construct train`) runs live CONCH: `conch` (anything
     with `recipe` and `taps(images01, with_embedding=...)`) and `head` may be passed in instead of being
-    built from the run. A student run (`construct distill`) needs neither."""
+    built from the run. A student run (`construct distill`) needs neither. `model`: the run's model,
+    already loaded (by `load_predictor` with `predictor_options(cfg)`), e.g. by the Python API."""
     _validate(cfg)
-    meta = read_run_config(Path(cfg.run))
-    plan = _student_plan(cfg) if run_kind(meta) == STUDENT_KIND else _head_plan(cfg, meta, conch, head)
-    classes = plan.classes
-    source = make_source(cfg, classes, plan.tile_size)
+    if model is None:
+        model = load_predictor(cfg.run, predictor_options(cfg), backbone=conch, head_model=head)
+    crf = model.crf if cfg.crf is None else cfg.crf
+    classes = model.classes
+    source = make_source(cfg, classes, model.tile_size)
     samples = source.samples
     gate = resolve_gate(cfg, samples)
     source.with_masks = gate == "gt"  # masks are decoded only when they gate
     out = cfg.out_path
-    settings = _settings(cfg, plan, gate)
+    settings = _settings(cfg, model, crf, gate)
     resuming = _check_out(out, settings, samples)
     sink = MaskSink(out, classes, out / SCORES_DIR if cfg.save_scores else None, resume=resuming)
     pending = [s for s in samples if not sink.done(s.image_id)]
     record = {
         "format": REFINE_FORMAT, "format_version": REFINE_FORMAT_VERSION, "package_version": __version__,
-        "complete": False, "random_weights": plan.random_weights, "kind": run_kind(meta),
-        "backbones": {k: r.to_dict() for k, r in plan.backbones.items()},
+        "complete": False, "random_weights": model.random_weights, "kind": model.kind,
+        "backbones": {k: r.to_dict() for k, r in model.backbones.items()},
         "run": settings["run"], "split": cfg.split, "data": settings.get("data"), "images": settings.get("images"),
-        "gate": gate, "tta": plan.tta, "crf": plan.crf, **plan.record,
+        "gate": gate, "tta": model.tta, "crf": crf, "n_variants": model.n_variants, "head": cfg.head,
+        **({"student": model.meta["student"]} if model.kind == STUDENT_KIND else {}),
         "classes": classes.names, "n_images": len(samples), "settings": settings,
     }
-    result = RefineResult(out, len(samples), 0, len(samples) - len(pending), 0.0, gate, plan.random_weights,
-                          dict(plan.backbones), plan.tta, plan.crf)
+    result = RefineResult(out, len(samples), 0, len(samples) - len(pending), 0.0, gate, model.random_weights,
+                          dict(model.backbones), model.tta, crf)
     if pending:
-        predictor = plan.build()
+        predictor = model.predictor  # built (CONCH checked) before anything is written
         out.mkdir(parents=True, exist_ok=True)
         _write_meta(out, record)
-        stats = run_inference(source, predictor, [sink], gate, crf=plan.crf, batch_size=cfg.batch_size,
+        stats = run_inference(source, predictor, [sink], gate, crf=crf, batch_size=cfg.batch_size,
                               workers=cfg.workers, pred_threshold=cfg.pred_threshold, progress=progress,
                               total=len(pending), desc=f"refine {source.name}")
         result.seconds, result.n_written = stats.seconds, stats.n_written

@@ -7,7 +7,7 @@ import torch
 from construct.head.model import ConStructHead
 from construct.head.pooler import ContrastiveHead
 from construct.train.config import TrainConfig
-from construct.train.ddp import BatchShare, unwrap
+from construct.ddp import BatchShare, unwrap
 from construct.train.weighting import LossWeighting
 from construct.train.losses import (
     MemoryBank,

@@ -13,26 +13,36 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from construct.atomic import atomic_output, write_text_atomic
 from construct.distributed import World, all_reduce_sum, env_world, process_device, session
 from construct.errors import ConstructError
-from construct.head.io import HEAD_FILES, METRICS, RUN_CONFIG, read_run_config, save_head, write_run_config
+from construct.head.io import save_head
 from construct.head.model import ConStructHead, HeadConfig
-from construct.inference.runs import HEAD_KIND, require_kind
 from construct.head.pooler import ContrastiveHead
+from construct.runs import (
+    HEAD_KIND,
+    WEIGHT_FILES,
+    is_run,
+    load_checkpoint,
+    read_kind,
+    read_run_config,
+    save_checkpoint,
+    write_metrics,
+    write_run_config,
+)
 from construct.seeding import seeded_init
 from construct.store import FeatureStore
 from construct.store.in_memory import gib
 from construct.train.augment import apply_symmetries, draw_symmetries
 from construct.train.config import TrainConfig
 from construct.train.data import batch_loader, epoch_batches
-from construct.train.ddp import BatchShare, convert_sync_batchnorm, wrap
+from construct.ddp import BatchShare, convert_sync_batchnorm, wrap
 from construct.train.losses import MemoryBank
 from construct.train.objective import CONTRAST_TOKENS, compute_losses, teacher_tap
 from construct.train.validate import validate
 from construct.train.weighting import LossWeighting
 
 CHECKPOINT = "checkpoint.pt"
+HEAD_FILES = WEIGHT_FILES[HEAD_KIND]
 LOG = "train.log"
 log = logging.getLogger("construct.train")
 # Positive examples of the rarest class a plan must show the classifier, below which `train` warns. On the
@@ -136,10 +146,10 @@ def _start(cfg: TrainConfig, resume: bool, progress: bool, world: World, device:
     _check_stores(cfg, store, val, needed)
     run = Path(cfg.out)
     ckpt_path = run / CHECKPOINT
-    if resume and (run / RUN_CONFIG).is_file():
-        require_kind(run, read_run_config(run), HEAD_KIND, "train --resume")
+    if resume and is_run(run):
+        read_kind(run, HEAD_KIND, "train --resume")
     if resume and not ckpt_path.is_file():
-        if not (run / RUN_CONFIG).is_file():
+        if not is_run(run):
             raise ConstructError(f"{run}: nothing to resume (no {CHECKPOINT})")
         # Killed before its first checkpoint: nothing was kept, so the run starts over.
         resume, restart = False, True
@@ -147,7 +157,7 @@ def _start(cfg: TrainConfig, resume: bool, progress: bool, world: World, device:
         restart = False
     if resume:
         _check_resumed_store(run, store)
-    if not resume and not restart and (run / RUN_CONFIG).exists():
+    if not resume and not restart and is_run(run):
         raise ConstructError(f"{run}: already holds a run; use --resume to continue it or choose another --out")
     world.barrier()  # every process has checked the run folder before rank 0 writes into it
     if not world.is_main:
@@ -182,7 +192,7 @@ def _train(cfg, store, val, hc, run, device, resume, progress, world: World) -> 
     # Everything a resumed run needs to continue as if never stopped, metrics included.
     state = {"global_step": 0, "best": None, "sums": {}, "records": []}
     if resume:
-        ck = torch.load(run / CHECKPOINT, map_location=device, weights_only=True)
+        ck = load_checkpoint(run / CHECKPOINT, device)
         head.load_state_dict(ck["head"])
         weighting.load_state_dict(ck["weighting"])
         opt.load_state_dict(ck["optim"])
@@ -336,7 +346,7 @@ def _record(run: Path, head, weighting, opt, sched, bank, val, device, state: di
             save_head(head, run / HEAD_FILES["best"])
     state["sums"] = {}
     state["records"] = [*state["records"], record]
-    _write_metrics(run, state["records"])  # rewritten whole: a redone interval never appears twice
+    write_metrics(run, state["records"])
     _save_checkpoint(run, head, weighting, opt, sched, bank, state)
     log.info(json.dumps(record))
     if progress:
@@ -349,12 +359,7 @@ def _save_checkpoint(run: Path, head, weighting, opt, sched, bank, state: dict) 
     ck = {"head": head.state_dict(), "weighting": weighting.state_dict(), "optim": opt.state_dict(),
           "sched": sched.state_dict(),
           "bank": bank.state_dict() if bank is not None else None, "state": dict(state)}
-    with atomic_output(run / CHECKPOINT) as tmp:
-        torch.save(ck, tmp)
-
-
-def _write_metrics(run: Path, records: list[dict]) -> None:
-    write_text_atomic(run / METRICS, "".join(json.dumps(r) + "\n" for r in records))
+    save_checkpoint(run / CHECKPOINT, ck)
 
 
 def _stop_on_nonfinite(run: Path, head, buffers: dict, losses: dict[str, float], what: str, epoch: int, step: int,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from construct.evaluate.metrics import confusion_matrix, scores
+from construct.metrics import confusion_matrix, scores
 from construct.head.model import ConStructHead
 from construct.head.scores import score_maps, scores_to_masks
 from construct.store import FeatureStore

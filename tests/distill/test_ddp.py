@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from construct.distill.io import STUDENT_FILES
+from construct.runs import WEIGHT_FILES
 from tests.distributed.helpers import TIMEOUT_S, env, run, torchrun
 
 KILL_SCRIPT = Path(__file__).resolve().parents[1] / "kill_after.py"
@@ -39,7 +39,7 @@ def test_two_processes_write_one_student_run_and_resume_it_exactly(tiny_run, stu
     assert [h["epoch"] for h in _history(out)] == [1]
     run(torchrun(*_args(tiny_run, student_run, out), "--resume"))  # two processes again, from the checkpoint
     assert _history(out) == _history(reference)
-    for name in STUDENT_FILES.values():
+    for name in WEIGHT_FILES["student"].values():
         got, want = load_file(str(out / name)), load_file(str(reference / name))
         assert got.keys() == want.keys()
         assert not [k for k in want if not torch.equal(got[k], want[k])], f"{name} differs from the uninterrupted run"

@@ -13,11 +13,13 @@ from click.testing import CliRunner
 import construct.distill.trainer as trainer
 from construct.cli import main
 from construct.data.classes import BCSS
-from construct.distill.io import STUDENT_FILES, load_student
-from construct.distill.student import build_student
+from construct.student.io import load_student
+from construct.student.model import build_student
 from construct.distill.targets import check_classes
 from construct.distill.trainer import distill
 from construct.errors import ConstructError
+from construct.runs import WEIGHT_FILES
+
 from tiny_runs import quick_config
 
 
@@ -26,7 +28,7 @@ def test_student_run_holds_weights_metrics_and_its_kind(student_run):
     meta = json.loads((run / "config.json").read_text())
     assert meta["kind"] == "student" and meta["student"]["encoder"] == "mobilenet-v3-small"
     assert meta["random_weights"] is True  # the teacher ran on random backbones
-    assert all((run / f).is_file() for f in STUDENT_FILES.values())
+    assert all((run / f).is_file() for f in WEIGHT_FILES["student"].values())
     history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in history] == [1, 2] and all(0 <= h["val_mIoU"] <= 100 for h in history)
     assert student_run.best_miou == max(h["val_mIoU"] for h in history)
@@ -46,7 +48,7 @@ def _history(run) -> list[dict]:
 def _weights(run) -> dict:
     from safetensors.torch import load_file
 
-    return {which: load_file(str(run / name)) for which, name in STUDENT_FILES.items()}
+    return {which: load_file(str(run / name)) for which, name in WEIGHT_FILES["student"].items()}
 
 
 def test_resume_after_a_kill_gives_the_uninterrupted_student(tiny_run, student_run, tmp_path, monkeypatch):

@@ -16,7 +16,7 @@ from construct.distill.losses import (
     soft_targets,
     uncertainty_weighted,
 )
-from construct.distill.student import build_student
+from construct.student.model import build_student
 from construct.distill.trainer import objective
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from construct.data.classes import BCSS
-from construct.evaluate.metrics import apply_protocol, confusion_matrix, scores
+from construct.metrics import apply_protocol, confusion_matrix, scores
 
 N = BCSS.n_mask_values
 BG = BCSS.background_index

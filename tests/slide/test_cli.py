@@ -127,8 +127,7 @@ def test_killed_slide_restarts_cleanly(synth_slide, tmp_path):
 
 
 def test_resolution_comes_from_the_run(tiny_run, synth_slide, tmp_path):
-    from construct.head.io import read_run_config, write_run_config
-    from construct.slide.model import run_mpp
+    from construct.runs import read_run_config, run_mpp, write_run_config
 
     assert run_mpp(read_run_config(tiny_run.run)) == 0.25  # extract's default, BCSS-WSSS's resolution
     old = tiny_run.copy_run(tmp_path / "old_run")  # a run extracted before `extract --mpp`
@@ -147,6 +146,6 @@ def test_a_student_run_segments_a_slide(student_run, synth_slide, tmp_path):
     summary = json.loads((out / "synthetic" / "summary.json").read_text())
     assert summary["model"]["kind"] == "student" and summary["model"]["backbones"] == {}
     assert summary["tiles"] > 0 and set(np.unique(tifffile.imread(out / "synthetic" / "mask.ome.tif"))) <= {0, 1, 2, 3, 4}
-    from construct.slide.model import load_model
+    from construct.inference.factory import load_predictor
 
-    assert load_model(student_run.run).mpp == 0.25  # the teacher's training tiles'
+    assert load_predictor(student_run.run).mpp == 0.25  # the teacher's training tiles'
