@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 GATES = ("labels", "gt", "pred", "none")
-HEADS = ("best", "last")
 PRECISIONS = ("fp32", "bf16")
 DEFAULT_PRED_THRESHOLD = 0.5  # classifier probability above which a class gates in (`pred`)
 REFINE_META = "refine.json"  # in the mask folder; `construct eval` reads it (random-weights mark)

@@ -26,7 +26,7 @@ from construct.inference.factory import LoadedModel, PredictorOptions, load_pred
 from construct.inference.head import TapBackbone
 from construct.inference.pipeline import run_inference
 from construct.inference.sinks import MaskSink
-from construct.refine.config import GATES, HEADS, PRECISIONS, REFINE_META, SCORES_DIR, RefineConfig
+from construct.refine.config import GATES, PRECISIONS, REFINE_META, SCORES_DIR, RefineConfig
 from construct.runs import STUDENT_KIND
 
 REFINE_FORMAT = "construct-refine"
@@ -62,8 +62,6 @@ def _validate(cfg: RefineConfig) -> None:
         raise ConstructError(f"--split {cfg.split}: expected one of {', '.join(SPLITS)}")
     if cfg.gate is not None and cfg.gate not in GATES:
         raise ConstructError(f"--gate {cfg.gate}: expected one of {', '.join(GATES)}")
-    if cfg.head not in HEADS:
-        raise ConstructError(f"--head {cfg.head}: expected one of {', '.join(HEADS)}")
     if cfg.precision is not None and cfg.precision not in PRECISIONS:
         raise ConstructError(f"--precision {cfg.precision}: expected one of {', '.join(PRECISIONS)}")
     if cfg.batch_size < 1:
