@@ -22,7 +22,7 @@ from construct.slide.grid import Grid, blend_window
 from construct.slide.outputs import OVERLAY_SIDE, geojson, overlay, pyramid, write_json, write_ome_tiff
 from construct.slide.reader import Slide
 from construct.slide.stitch import Stitcher
-from construct.slide.tissue import TissueMask
+from construct.slide.tissue import TissueMask, tissue_preview
 
 OUTPUT_FILES = ("mask.ome.tif", "annotations.geojson", "overlay.png", "tissue.png", "summary.json")
 
@@ -99,7 +99,7 @@ class StitchedSlideSink:
         name = self.out_dir.name
         write_ome_tiff(staging / "mask.ome.tif", levels, self.target_mpp, name)
         write_json(staging / "annotations.geojson", geojson(labels, self.classes, self.grid.scale))
-        Image.fromarray(self.tissue.mask.astype(np.uint8) * 255).save(staging / "tissue.png")
+        tissue_preview(self.tissue).save(staging / "tissue.png")
         summary = self.summary()
         percents = {k: v["percent_tissue"] for k, v in summary["classes"].items()}
         w0, h0 = self.slide.dimensions

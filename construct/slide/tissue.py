@@ -1,9 +1,21 @@
-"""Tissue detection on a low-resolution image of the slide, so glass is never sent to the model.
+"""Tissue detection on a low-resolution image of the slide, so glass and artefacts are never sent to the model.
 
-Otsu's threshold on HSV saturation (glass is grey-white, H&E is coloured), clamped: floored so that a
-slide of bare glass, whose saturation is all noise, finds no tissue, and capped so that a slide that is
-nearly all tissue is not split into pale and dark tissue instead of tissue and glass; then opening and closing to drop specks and
-bridge thin gaps, and removal of pieces under a minimum area. Holes (lumens, fat, tears) are kept.
+The image is median-blurred first (CLAM does the same): scanner noise makes dark pixels look saturated, and
+saturation is what tells H&E (coloured) from glass (grey-white). Then three rules say what can never be
+tissue, whatever its saturation:
+
+- near-black (scanner edges, black ink) and near-white (glass) pixels, by brightness alone;
+- grey pixels, by chroma (max - min channel, not divided by brightness as saturation is): a dark grey
+  scanner edge or black ink has little chroma but a large saturation; and dim pixels that are not strongly
+  coloured (H&E's darkest, dense nuclei, is; a dark edge with a colour cast is not);
+- hues H&E does not have: haematoxylin purple through eosin pink to red is tissue; pen ink (blue, green)
+  and tinted glass (yellow-brown cover-slip edges, blue-grey mounting medium) are not.
+
+Among the rest, Otsu's threshold on saturation (computed without the artefacts, clamped: floored so that a
+slide of bare glass, whose saturation is all noise, finds no tissue, and capped so that a slide that is nearly
+all tissue is not split into pale and dark tissue) finds the tissue; pale tissue (necrosis, fat, loose
+stroma) above a lower saturation joins it where it touches it (hysteresis). Opening and closing drop specks
+and bridge thin gaps; pieces under a minimum area go. Holes (lumens, fat, tears) are kept.
 """
 
 from __future__ import annotations
@@ -11,13 +23,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image, ImageFilter
 from scipy import ndimage
 
 MIN_SATURATION = 0.07  # Otsu never goes below this: bare glass stays below it
 MAX_SATURATION = 0.15  # nor above this: pale tissue (necrosis, loose stroma) stays above it
+PALE_SATURATION = 0.05  # pale tissue touching tissue joins it above this
+MEDIAN_PX = 5  # median blur window, tissue-mask px (40 µm at 8 µm/px): noise and dust, not thin strands
+DARK_VALUE = 50  # brightest channel (0-255) below this: black, never tissue (H&E's darkest is about 75)
+WHITE_VALUE = 225  # darkest channel above this: glass, never tissue (pale H&E keeps one channel lower)
+DIM_VALUE = 110  # brightest channel below this: dim, tissue only if strongly coloured (dense nuclei are)
+DIM_SATURATION = 0.25  # a dim pixel below this saturation is a dark edge or ink with a colour cast
+MIN_CHROMA = 12  # max - min channel (0-255) below this: grey, never tissue (H&E is at least about 19)
+HE_HUES = (245.0, 30.0)  # degrees, wrapping through 0: purple (haematoxylin) to pink and red (eosin, blood)
 MIN_AREA_MM2 = 0.005  # smaller pieces of "tissue" are dust or debris
 TISSUE_MPP = 8.0  # resolution of the tissue mask (µm/px), coarsened for very large slides
 MAX_TISSUE_SIDE = 4096
+PREVIEW_FADE = 0.25  # tissue.png: what was not kept is shown at this strength over white
 
 
 @dataclass
@@ -25,6 +47,7 @@ class TissueMask:
     mask: np.ndarray  # (h, w) bool
     downsample: float  # level-0 px per mask px
     threshold: float  # saturation threshold used
+    image: np.ndarray | None = None  # (h, w, 3) uint8: the low-resolution slide image it was found on
 
     @property
     def any(self) -> bool:
@@ -35,6 +58,11 @@ def saturation(rgb: np.ndarray) -> np.ndarray:
     rgb = rgb.astype(np.float32)
     mx, mn = rgb.max(axis=-1), rgb.min(axis=-1)
     return np.where(mx > 0, (mx - mn) / np.maximum(mx, 1e-6), 0.0)
+
+
+def hue_degrees(rgb: np.ndarray) -> np.ndarray:
+    """HSV hue in degrees [0, 360) of uint8 RGB (0 for greys)."""
+    return np.asarray(Image.fromarray(rgb, "RGB").convert("HSV"))[..., 0].astype(np.float32) * (360.0 / 256.0)
 
 
 def otsu(values: np.ndarray, bins: int = 256) -> float:
@@ -56,12 +84,45 @@ def tissue_downsample(dimensions: tuple[int, int], mpp: float) -> float:
     return max(TISSUE_MPP / mpp, max(dimensions) / MAX_TISSUE_SIDE, 1.0)
 
 
+def median_blur(rgb: np.ndarray, size: int = MEDIAN_PX) -> np.ndarray:
+    """Per-channel median over a size x size window (uint8 RGB)."""
+    if min(rgb.shape[:2]) < size:
+        return np.ascontiguousarray(rgb, dtype=np.uint8)
+    return np.asarray(Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8), "RGB").filter(ImageFilter.MedianFilter(size)))
+
+
+def artefacts(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(never tissue, artefact) masks of a blurred uint8 RGB image. Never tissue: near-black, dim and
+    greyish, near-white, grey, or of a hue H&E does not have. Artefacts are those that are neither glass nor
+    tissue (dark edges, ink, tinted glass): they are also kept out of Otsu's threshold."""
+    mx, mn = rgb.max(axis=-1), rgb.min(axis=-1)
+    chroma = mx.astype(np.int16) - mn
+    hue = hue_degrees(rgb)
+    lo, hi = HE_HUES
+    wrong_hue = (chroma >= MIN_CHROMA) & ~((hue >= lo) | (hue <= hi))
+    artefact = (mx < DARK_VALUE) | ((mx < DIM_VALUE) & (chroma < DIM_SATURATION * mx)) | wrong_hue
+    return artefact | (mn > WHITE_VALUE) | (chroma < MIN_CHROMA), artefact
+
+
 def detect_tissue(rgb: np.ndarray, downsample: float, mpp: float, threshold: float | None = None) -> TissueMask:
-    """Tissue mask of a low-resolution RGB image of the slide (`downsample` level-0 px per pixel)."""
-    sat = saturation(rgb)
+    """Tissue mask of a low-resolution RGB image of the slide (`downsample` level-0 px per pixel).
+    `threshold` replaces Otsu's saturation cut; the artefact rules apply either way."""
+    blurred = median_blur(rgb)
+    sat = saturation(blurred)
+    never, artefact = artefacts(blurred)
     if threshold is None:
-        threshold = min(max(otsu(sat), MIN_SATURATION), MAX_SATURATION)
-    mask = sat > threshold
+        # Glass and tissue only, as on a clean slide: dark edges and ink would drag the cut.
+        population = sat[~artefact]
+        threshold = min(max(otsu(population), MIN_SATURATION), MAX_SATURATION)
+    candidate = ~never & (sat > min(PALE_SATURATION, threshold))
+    pieces, n = ndimage.label(candidate)
+    if n:  # hysteresis: a pale piece is tissue if it holds tissue above the threshold
+        strong = np.zeros(n + 1, bool)
+        strong[np.unique(pieces[candidate & (sat > threshold)])] = True
+        strong[0] = False
+        mask = strong[pieces]
+    else:
+        mask = candidate
     # Opening then closing; erosions treat outside the image as tissue so that tissue cut by the
     # slide's edge keeps its edge pixels.
     mask = ndimage.binary_dilation(ndimage.binary_erosion(mask, border_value=1))
@@ -73,4 +134,15 @@ def detect_tissue(rgb: np.ndarray, downsample: float, mpp: float, threshold: flo
         keep = areas >= MIN_AREA_MM2
         keep[0] = False
         mask = keep[labels]
-    return TissueMask(mask, downsample, float(threshold))
+    return TissueMask(mask, downsample, float(threshold), np.ascontiguousarray(rgb, dtype=np.uint8))
+
+
+def tissue_preview(tissue: TissueMask) -> Image.Image:
+    """What was kept: the slide image where tissue was found, faded towards white elsewhere (glass, ink,
+    scanner edges), so a glance shows whether an artefact was taken for tissue. A plain mask if the image
+    is not at hand."""
+    if tissue.image is None:
+        return Image.fromarray(tissue.mask.astype(np.uint8) * 255)
+    image = tissue.image.astype(np.float32)
+    faded = 255.0 - PREVIEW_FADE * (255.0 - image)
+    return Image.fromarray(np.where(tissue.mask[..., None], image, faded).round().astype(np.uint8))
