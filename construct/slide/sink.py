@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from construct.data.classes import ClassSet
 from construct.data.sources import Tile
