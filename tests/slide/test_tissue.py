@@ -8,8 +8,15 @@ import numpy as np
 import pytest
 
 from construct.slide.reader import open_slide
-from construct.slide.synthetic import (ARTEFACT_COLORS, DEFAULT_LAYOUT, artefact_mask, layout_regions, paint,
-                                       render, write_pyramid_tiff)
+from construct.slide.synthetic import (
+    ARTEFACT_COLORS,
+    DEFAULT_LAYOUT,
+    artefact_mask,
+    layout_regions,
+    paint,
+    render,
+    write_pyramid_tiff,
+)
 from construct.slide.tissue import detect_tissue, tissue_downsample, tissue_preview
 
 from .test_real_slide import SLIDE as CMU
