@@ -18,14 +18,7 @@ from construct.data.classes import ClassSet
 from construct.data.sources import Tile
 from construct.head.scores import mask_index_lut
 from construct.slide.grid import Grid, blend_window
-from construct.slide.outputs import (
-    OVERLAY_SIDE,
-    geojson,
-    overlay,
-    pyramid,
-    write_json,
-    write_ome_tiff,
-)
+from construct.slide.outputs import OVERLAY_SIDE, geojson, overlay, pyramid, write_json, write_ome_tiff
 from construct.slide.reader import Slide
 from construct.slide.stitch import Stitcher
 from construct.slide.tissue import TissueMask, tissue_preview
