@@ -36,9 +36,11 @@ DIM_VALUE = 110  # brightest channel below this: dim, tissue only if strongly co
 DIM_SATURATION = 0.25  # a dim pixel below this saturation is a dark edge or ink with a colour cast
 MIN_CHROMA = 12  # max - min channel (0-255) below this: grey, never tissue (H&E is at least about 19)
 HE_HUES = (245.0, 30.0)  # degrees, wrapping through 0: purple (haematoxylin) to pink and red (eosin, blood)
-MIN_AREA_MM2 = 0.005  # smaller pieces of "tissue" are dust or debris
-TISSUE_MPP = 8.0  # resolution of the tissue mask (µm/px), coarsened for very large slides
+MIN_AREA_MM2 = 0.005  # smaller pieces of "tissue" are dust or debris...
+MIN_AREA_SHARE = 0.01  # ...unless the image itself is so small (a crop) that they are a good part of it
+TISSUE_MPP = 8.0  # resolution of the tissue mask (µm/px), coarsened for very large slides...
 MAX_TISSUE_SIDE = 4096
+MIN_TISSUE_SIDE = 64  # ...and refined for very small ones
 PREVIEW_FADE = 0.25  # tissue.png: what was not kept is shown at this strength over white
 
 
@@ -80,8 +82,10 @@ def otsu(values: np.ndarray, bins: int = 256) -> float:
 
 
 def tissue_downsample(dimensions: tuple[int, int], mpp: float) -> float:
-    """Level-0 px per tissue-mask px: TISSUE_MPP, coarser if the mask would exceed MAX_TISSUE_SIDE."""
-    return max(TISSUE_MPP / mpp, max(dimensions) / MAX_TISSUE_SIDE, 1.0)
+    """Level-0 px per tissue-mask px: TISSUE_MPP, coarser if the mask would exceed MAX_TISSUE_SIDE, finer if
+    it would be under MIN_TISSUE_SIDE."""
+    side = max(dimensions)
+    return max(min(TISSUE_MPP / mpp, side / MIN_TISSUE_SIDE), side / MAX_TISSUE_SIDE, 1.0)
 
 
 def median_blur(rgb: np.ndarray, size: int = MEDIAN_PX) -> np.ndarray:
@@ -129,9 +133,9 @@ def detect_tissue(rgb: np.ndarray, downsample: float, mpp: float, threshold: flo
     mask = ndimage.binary_erosion(ndimage.binary_dilation(mask, iterations=2), iterations=2, border_value=1)
     labels, n = ndimage.label(mask)
     if n:
-        px_mm2 = (downsample * mpp / 1000.0) ** 2
-        areas = np.bincount(labels.ravel(), minlength=n + 1) * px_mm2
-        keep = areas >= MIN_AREA_MM2
+        areas = np.bincount(labels.ravel(), minlength=n + 1)
+        min_px = min(MIN_AREA_MM2 / (downsample * mpp / 1000.0) ** 2, MIN_AREA_SHARE * mask.size)
+        keep = areas >= min_px
         keep[0] = False
         mask = keep[labels]
     return TissueMask(mask, downsample, float(threshold), np.ascontiguousarray(rgb, dtype=np.uint8))
