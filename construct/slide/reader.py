@@ -92,7 +92,7 @@ def metadata_resolution(props) -> tuple[float, float, str] | None:
     rx, ry = props.get("tiff.XResolution"), props.get("tiff.YResolution")
     if unit in _UNIT_UM and rx and float(rx) > 0:
         rx, ry = float(rx), float(ry or rx)
-        return _UNIT_UM[unit] / rx, _UNIT_UM[unit] / ry, f"the TIFF resolution tags ({rx:g} px per {unit})"
+        return _UNIT_UM[unit] / rx, _UNIT_UM[unit] / ry, f"the TIFF resolution tags, {rx:g} px per {unit}"
     return None
 
 
