@@ -73,7 +73,6 @@ class _StubHandle:
 
     level_downsamples = (1.0, 4.0003, 16.0012)
     dimensions = (4000, 4000)
-    properties: dict = {}
 
     def __init__(self):
         self.levels_read: list[int] = []
