@@ -89,7 +89,8 @@ def test_cli_segments_with_a_head_run_and_reports_each_bad_slide(tiny_run, synth
 def test_cli_refuses_bad_flags_in_one_line(tiny_run, synth_slide, tmp_path):
     base = ["slide", str(synth_slide.path), "--run", str(tiny_run.run), "--out", str(tmp_path / "o")]
     for extra, needle in ((["--overlap", "224"], "--overlap 224"), (["--mpp", "-1"], "--mpp -1"),
-                          (["--tissue-threshold", "3"], "--tissue-threshold 3")):
+                          (["--tissue-threshold", "3"], "--tissue-threshold 3"),
+                          (["--slide-mpp", "352.8"], "--slide-mpp 352.8: expected 0.05 to 20 µm/px")):
         result = CliRunner().invoke(main, base + extra)
         assert result.exit_code == 1 and needle in result.stderr and "Traceback" not in result.output
     missing = CliRunner().invoke(main, ["slide", str(tmp_path / "none"), "--run", str(tiny_run.run), "--out",
