@@ -26,7 +26,7 @@ from construct.slide.grid import make_grid
 from construct.slide.maskvalues import MASK_VALUES
 from construct.slide.memory import pin_mmap_threshold
 from construct.slide.reader import MPP_RANGE, Slide, open_slide
-from construct.slide.sink import StitchedSlideSink
+from construct.slide.sink import UNCLASSIFIED, StitchedSlideSink
 from construct.slide.source import SlideTileSource
 from construct.slide.tissue import detect_tissue, tissue_downsample
 
@@ -161,9 +161,9 @@ def write_summary_csv(out: Path) -> None:
                "tissue_mm2": d["tissue_mm2"]}
         for name, c in d["classes"].items():
             row[f"{name}_mm2"], row[f"{name}_percent_tissue"] = c["area_mm2"], c["percent_tissue"]
-        if "unclassified" in d:  # summaries written before it was recorded have none
-            row["unclassified_mm2"] = d["unclassified"]["area_mm2"]
-            row["unclassified_percent_tissue"] = d["unclassified"]["percent_tissue"]
+        if UNCLASSIFIED in d:  # summaries written before it was recorded have none
+            row[f"{UNCLASSIFIED}_mm2"] = d[UNCLASSIFIED]["area_mm2"]
+            row[f"{UNCLASSIFIED}_percent_tissue"] = d[UNCLASSIFIED]["percent_tissue"]
         row["seconds"] = d["seconds"]
         rows.append(row)
     if not rows:
