@@ -349,7 +349,9 @@ def refine(run, data, split, images, out, gate, pred_threshold, tta, crf, batch_
               help="mask.ome.tif values: the dataset's mask indices, or 0 = background and classes 1..N "
                    "(QuPath, napari); mask_classes.csv says which.")
 @click.option("--overlap", type=int, default=None, help="Tile overlap in px at the model's resolution [default: a quarter tile].")
-@click.option("--tissue-threshold", type=float, default=None, help="Saturation above which a pixel is tissue (paler tissue touching it joins it; ink, edges and glass never do) [default: Otsu, clamped].")
+@click.option("--tissue-threshold", type=float, default=None,
+              help="Saturation above which a pixel is tissue (paler tissue touching it joins it; ink, edges and "
+                   "glass never do) [default: Otsu, clamped].")
 @click.option("--tta", is_flag=True, help="Test-time augmentation: 6-way for a head run, flips for a student.")
 @click.option("--pred-threshold", type=float, default=0.5, show_default=True, help="Classifier probability that lets a class into a tile.")
 @click.option("--batch-size", type=int, default=16, show_default=True, help="Tiles per forward.")

@@ -3,8 +3,9 @@
 Grid pixels are at the model's µm/px; one grid pixel is `scale` level-0 pixels. Tiles start every
 `stride` grid pixels, with one more tile flush with the right and bottom edges, so every grid pixel is
 covered. A slide smaller than one tile gets one tile, padded past its edge with glass (OpenSlide reads
-nothing there), whose scores are cropped to the slide. Only tiles that touch tissue are kept, in column strips (a few tiles wide, top to bottom) so
-that the stitched blocks still being summed stay few whatever the slide's width.
+nothing there), whose scores are cropped to the slide. Only tiles that touch tissue are kept, in column
+strips (a few tiles wide, top to bottom) so that the stitched blocks still being summed stay few whatever
+the slide's width.
 """
 
 from __future__ import annotations

@@ -169,7 +169,8 @@ def write_summary_csv(out: Path) -> None:
     if not rows:
         return
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))  # old and new summaries
+    columns = dict.fromkeys(k for row in rows for k in row)  # summaries written before `unclassified` lack it
+    writer = csv.DictWriter(buf, fieldnames=list(columns))
     writer.writeheader()
     writer.writerows(rows)
     write_text_atomic(out / SUMMARY_CSV, buf.getvalue())
