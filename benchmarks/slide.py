@@ -61,7 +61,7 @@ def head_predictor(spec: str, device: torch.device) -> HeadPredictor:
 def dump_tiles(slide_path: Path, folder: Path) -> int:
     """The tiles `segment_slide` will read, as PNGs (the folder arm's input)."""
     slide = open_slide(slide_path)
-    grid = make_grid(slide.dimensions, slide.mpp, TARGET_MPP, 224, 56, str(slide_path))
+    grid = make_grid(slide.dimensions, slide.mpp, TARGET_MPP, 224, 56)
     d = tissue_downsample(slide.dimensions, slide.mpp)
     origins = grid.tissue_tiles(detect_tissue(slide.thumbnail(d), d, slide.mpp))
     folder.mkdir(parents=True)

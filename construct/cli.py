@@ -396,9 +396,17 @@ def refine(run, data, split, images, out, gate, pred_threshold, tta, crf, batch_
                    "Under torchrun spell it --model (torchrun's own parser takes --run for its --run-path).")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder: OUT/<slide>/ and OUT/summary.csv.")
 @click.option("--mpp", type=float, default=None, help="Model resolution in µm/px [default: the run's training tiles'].")
-@click.option("--slide-mpp", type=float, default=None, help="µm/px of slides whose metadata records none.")
+@click.option("--slide-mpp", type=float, default=None,
+              help="µm/px of the slides' level 0; overrides their metadata (which may be missing or wrong).")
+@click.option("--no-upsample", is_flag=True,
+              help="Refuse slides coarser than the model's resolution (by over 20%) instead of upsampling them.")
+@click.option("--mask-values", type=click.Choice(["dataset", "qupath"]), default="dataset", show_default=True,
+              help="mask.ome.tif values: the dataset's mask indices, or 0 = background and classes 1..N "
+                   "(QuPath, napari); mask_classes.csv says which.")
 @click.option("--overlap", type=int, default=None, help="Tile overlap in px at the model's resolution [default: a quarter tile].")
-@click.option("--tissue-threshold", type=float, default=None, help="Saturation above which a pixel is tissue [default: Otsu].")
+@click.option("--tissue-threshold", type=float, default=None,
+              help="Saturation above which a pixel is tissue (paler tissue touching it joins it; ink, edges and "
+                   "glass never do) [default: Otsu, clamped].")
 @click.option("--tta/--no-tta", default=False, show_default=True,
               help="Test-time augmentation: 6-way for a head run, flips for a student.")
 @click.option("--pred-threshold", type=float, default=0.5, show_default=True, help="Classifier probability that lets a class into a tile.")
@@ -409,12 +417,12 @@ def refine(run, data, split, images, out, gate, pred_threshold, tta, crf, batch_
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None, help="CONCH precision of a head run [default: the run's].")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @user_errors
-def slide(slides, run, out, mpp, slide_mpp, overlap, tissue_threshold, tta, pred_threshold, batch_size, head, conch,
-          device, precision, quiet) -> None:
+def slide(slides, run, out, mpp, slide_mpp, no_upsample, mask_values, overlap, tissue_threshold, tta, pred_threshold,
+          batch_size, head, conch, device, precision, quiet) -> None:
     """Segment whole slides (SVS, NDPI, MRXS, tiled TIFF; files, folders or a CSV with a `path` column).
 
-    Writes OUT/<slide>/ mask.ome.tif, annotations.geojson (QuPath), overlay.png, tissue.png, summary.json
-    and OUT/summary.csv. Finished slides are skipped when rerun; a failed slide is reported and the
+    Writes OUT/<slide>/ mask.ome.tif (values in mask_classes.csv), annotations.geojson (QuPath), overlay.png,
+    tissue.png, summary.json and OUT/summary.csv. Finished slides are skipped when rerun; a failed slide is reported and the
     others go on (exit status 1 at the end, with the list).
     """
     from construct.distributed import session
@@ -428,15 +436,17 @@ def slide(slides, run, out, mpp, slide_mpp, overlap, tissue_threshold, tta, pred
         target = target_mpp(model, mpp)
         if world.is_main:
             warn_random(model.backbones.values())
-        cfg = SlideConfig(out=out, target_mpp=target, slide_mpp=slide_mpp, overlap=overlap,
+        cfg = SlideConfig(out=out, target_mpp=target, slide_mpp=slide_mpp, no_upsample=no_upsample,
+                          mask_values=mask_values, overlap=overlap,
                           tissue_threshold=tissue_threshold, batch_size=batch_size, pred_threshold=pred_threshold,
                           meta={"model": model.describe()})
         result = segment_slides(paths, cfg, model.predictor, progress=not quiet and world.is_main,
                                 echo=lambda line: click.echo(line, err=True), world=world)
     if not world.is_main:
         return  # under torchrun, rank 0 reports for every process
+    no_tissue = f"; {len(result.no_tissue)} with no tissue" if result.no_tissue else ""
     click.echo(f"slides: {out} ({len(result.done)} segmented, {len(result.skipped)} already done, "
-               f"{len(result.failed)} failed, of {len(paths)})")
+               f"{len(result.failed)} failed, of {len(paths)}{no_tissue})")
     if result.failed:
         for _path, message in result.failed:
             click.echo(f"  failed: {message}", err=True)

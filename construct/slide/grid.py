@@ -2,8 +2,10 @@
 
 Grid pixels are at the model's µm/px; one grid pixel is `scale` level-0 pixels. Tiles start every
 `stride` grid pixels, with one more tile flush with the right and bottom edges, so every grid pixel is
-covered. Only tiles that touch tissue are kept, in column strips (a few tiles wide, top to bottom) so
-that the stitched blocks still being summed stay few whatever the slide's width.
+covered. A slide smaller than one tile gets one tile, padded past its edge with glass (OpenSlide reads
+nothing there), whose scores are cropped to the slide. Only tiles that touch tissue are kept, in column
+strips (a few tiles wide, top to bottom) so that the stitched blocks still being summed stay few whatever
+the slide's width.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ class Grid:
         return self.tile - self.overlap
 
     def starts(self, length: int) -> list[int]:
+        if length <= self.tile:
+            return [0]
         s = list(range(0, length - self.tile + 1, self.stride))
         if s[-1] != length - self.tile:
             s.append(length - self.tile)
@@ -56,17 +60,12 @@ class Grid:
         return out
 
 
-def make_grid(dimensions: tuple[int, int], slide_mpp: float, target_mpp: float, tile: int, overlap: int,
-              name: str) -> Grid:
+def make_grid(dimensions: tuple[int, int], slide_mpp: float, target_mpp: float, tile: int, overlap: int) -> Grid:
     """The grid of a slide of level-0 `dimensions` at `slide_mpp`, resampled to `target_mpp`."""
     if not 0 <= overlap < tile:
         raise ConstructError(f"--overlap {overlap}: expected 0 to {tile - 1} px (the tile is {tile} px)")
     scale = target_mpp / slide_mpp
-    width, height = int(dimensions[0] / scale), int(dimensions[1] / scale)
-    if width < tile or height < tile:
-        raise ConstructError(
-            f"{name}: smaller than one tile ({dimensions[0]}x{dimensions[1]} px at {slide_mpp:g} µm/px is "
-            f"{width}x{height} px at the model's {target_mpp:g} µm/px; a tile is {tile} px)")
+    width, height = max(1, int(dimensions[0] / scale)), max(1, int(dimensions[1] / scale))
     return Grid(scale, width, height, tile, overlap)
 
 

@@ -39,27 +39,31 @@ def pyramid(level0: zarr.Array, folder: Path) -> list[zarr.Array]:
     return levels
 
 
-def _tiles(arr: zarr.Array):
-    """Full-size tiles in row-major order (edge tiles padded), as tifffile's tile iterator wants."""
+def _tiles(arr: zarr.Array, values: np.ndarray):
+    """Full-size tiles in row-major order (edge tiles padded), as tifffile's tile iterator wants, with
+    each label mapped through `values`."""
     for r in range(0, arr.shape[0], OME_TILE):
         for c in range(0, arr.shape[1], OME_TILE):
-            t = np.asarray(arr[r:r + OME_TILE, c:c + OME_TILE])
+            t = values[np.asarray(arr[r:r + OME_TILE, c:c + OME_TILE])]
             if t.shape != (OME_TILE, OME_TILE):
                 t = np.pad(t, ((0, OME_TILE - t.shape[0]), (0, OME_TILE - t.shape[1])))
             yield t
 
 
-def write_ome_tiff(path: Path, levels: list[zarr.Array], mpp: float, name: str) -> None:
-    """A tiled, deflate-compressed, pyramidal (SubIFDs) OME-TIFF with the physical pixel size."""
+def write_ome_tiff(path: Path, levels: list[zarr.Array], mpp: float, name: str, values: np.ndarray | None = None) -> None:
+    """A tiled, deflate-compressed, pyramidal (SubIFDs) OME-TIFF with the physical pixel size; `values`
+    (256,) maps each label to the value written (default: as is)."""
     import tifffile
 
+    if values is None:
+        values = np.arange(256, dtype=np.uint8)
     with tifffile.TiffWriter(path, bigtiff=True, ome=True) as tif:
         for k, arr in enumerate(levels):
             size = mpp * 2 ** k
             per_cm = 1e4 / size
             meta = ({"axes": "YX", "Name": name, "PhysicalSizeX": mpp, "PhysicalSizeY": mpp,
                      "PhysicalSizeXUnit": "µm", "PhysicalSizeYUnit": "µm"} if k == 0 else None)
-            tif.write(_tiles(arr), shape=arr.shape, dtype="uint8", tile=(OME_TILE, OME_TILE),
+            tif.write(_tiles(arr, values), shape=arr.shape, dtype="uint8", tile=(OME_TILE, OME_TILE),
                       compression="zlib", photometric="minisblack", resolution=(per_cm, per_cm),
                       resolutionunit="CENTIMETER", subifds=len(levels) - 1 if k == 0 else None,
                       subfiletype=1 if k else 0, metadata=meta)
@@ -88,7 +92,8 @@ def geojson(labels: zarr.Array, classes: ClassSet, scale: float) -> dict:
 
 
 def overlay(thumbnail: np.ndarray, labels_small: np.ndarray, classes: ClassSet, percents: dict[str, float]) -> Image.Image:
-    """The slide thumbnail with the tissue classes blended over it, and a legend strip below."""
+    """The slide thumbnail with the tissue classes blended over it, and a legend strip below: each class's
+    share of the tissue, then any other share in `percents` (unclassified tissue: left untinted)."""
     h, w = thumbnail.shape[:2]
     lab = np.asarray(Image.fromarray(labels_small).resize((w, h), Image.Resampling.NEAREST))
     colors = np.zeros((256, 3), np.float32)
@@ -103,9 +108,11 @@ def overlay(thumbnail: np.ndarray, labels_small: np.ndarray, classes: ClassSet, 
     canvas.paste(Image.fromarray(np.clip(blended, 0, 255).astype(np.uint8)), (0, 0))
     draw = ImageDraw.Draw(canvas)
     x = 4
-    for c in classes.classes:
-        draw.rectangle([x, h + 6, x + 12, h + 18], fill=tuple(c.color), outline=(0, 0, 0))
-        text = f"{c.name} {percents.get(c.name, 0.0):.1f}%"
+    swatches = [(c.name, tuple(c.color)) for c in classes.classes]
+    swatches += [(name, (255, 255, 255)) for name in percents if name not in classes.names]
+    for label, color in swatches:
+        draw.rectangle([x, h + 6, x + 12, h + 18], fill=color, outline=(0, 0, 0))
+        text = f"{label} {percents.get(label, 0.0):.1f}%"
         draw.text((x + 16, h + 6), text, fill=(0, 0, 0))
         x += 16 + int(draw.textlength(text)) + 12
     return canvas

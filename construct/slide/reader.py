@@ -7,7 +7,8 @@ starts with the slide's path, so a batch can report it and go on with the other 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,9 @@ from construct.errors import ConstructError
 # TIFF ResolutionUnit values (as OpenSlide reports them) → micrometres per unit.
 _UNIT_UM = {"centimeter": 1e4, "inch": 25400.0}
 GLASS_RGB = (255, 255, 255)  # what transparent (unscanned) slide areas are composited onto
+MPP_RANGE = (0.05, 20.0)  # µm/px a scan can have (beyond a 100x objective to a 0.5x overview); 72 dpi is 352.8
+MPP_XY_TOLERANCE = 0.01  # mpp-x and mpp-y further apart than this are reported
+LEVEL_TOLERANCE = 0.01  # vendors round level downsamples (Aperio: 4.0003 for 4); a level this close serves
 
 
 @dataclass
@@ -28,6 +32,7 @@ class Slide:
     handle: object  # openslide.OpenSlide
     mpp: float  # level-0 micrometres per pixel
     mpp_source: str  # "metadata" or "--slide-mpp"
+    warnings: list[str] = field(default_factory=list)  # resolution doubts, echoed and kept in summary.json
 
     @property
     def dimensions(self) -> tuple[int, int]:
@@ -45,8 +50,7 @@ class Slide:
         level that still has at least the output's resolution, then resized."""
         import openslide
 
-        ds_wanted = min(w0 / out_w, h0 / out_h)
-        level = self.handle.get_best_level_for_downsample(ds_wanted * (1 + 1e-6))
+        level = best_level(self.handle.level_downsamples, min(w0 / out_w, h0 / out_h))
         ds = self.handle.level_downsamples[level]
         size = (max(1, math.ceil(w0 / ds)), max(1, math.ceil(h0 / ds)))
         try:
@@ -72,16 +76,53 @@ class Slide:
         return np.concatenate(rows, axis=0)
 
 
-def metadata_mpp(props) -> float | None:
-    """Level-0 µm/px from OpenSlide's `openslide.mpp-x`, else from the TIFF resolution tags."""
-    value = props.get("openslide.mpp-x")
-    if value:
-        return float(value)
+def best_level(downsamples: Sequence[float], wanted: float) -> int:
+    """The coarsest level that still has (within vendors' rounding) the wanted resolution."""
+    fits = [i for i, d in enumerate(downsamples) if d <= wanted * (1 + LEVEL_TOLERANCE)]
+    return max(fits, key=lambda i: downsamples[i]) if fits else 0
+
+
+def metadata_resolution(props) -> tuple[float, float, str] | None:
+    """Level-0 (µm/px across, down, where it was read) from OpenSlide's `openslide.mpp-x/y`, else from the
+    TIFF resolution tags; None if the slide records neither. Unparsable values raise ValueError."""
+    x = props.get("openslide.mpp-x")
+    if x:
+        return float(x), float(props.get("openslide.mpp-y") or x), "openslide.mpp-x"
     unit = str(props.get("tiff.ResolutionUnit", "")).lower()
-    res = props.get("tiff.XResolution")
-    if unit in _UNIT_UM and res and float(res) > 0:
-        return _UNIT_UM[unit] / float(res)
+    rx, ry = props.get("tiff.XResolution"), props.get("tiff.YResolution")
+    if unit in _UNIT_UM and rx and float(rx) > 0:
+        rx, ry = float(rx), float(ry or rx)
+        return _UNIT_UM[unit] / rx, _UNIT_UM[unit] / ry, f"the TIFF resolution tags, {rx:g} px per {unit}"
     return None
+
+
+def metadata_mpp(props) -> float | None:
+    """Level-0 µm/px across, from the metadata (see `metadata_resolution`)."""
+    found = metadata_resolution(props)
+    return None if found is None else found[0]
+
+
+def checked_resolution(path: Path, props) -> tuple[float, list[str]]:
+    """The metadata's µm/px, refused in one line if missing or implausible, with a warning if x and y
+    disagree."""
+    try:
+        found = metadata_resolution(props)
+    except (ValueError, ZeroDivisionError) as e:
+        raise ConstructError(f"{path}: unreadable resolution metadata ({e}); pass --slide-mpp") from e
+    if found is None:
+        raise ConstructError(f"{path}: the slide records no resolution (no openslide.mpp-x, no TIFF "
+                             f"resolution tags); pass --slide-mpp")
+    x, y, where = found
+    lo, hi = MPP_RANGE
+    for value in (x, y):
+        if not lo <= value <= hi:
+            raise ConstructError(f"{path}: {value:g} µm/px (from {where}) is outside the {lo:g}-{hi:g} µm/px a "
+                                 f"scan can have; pass --slide-mpp")
+    warnings = []
+    if abs(y / x - 1) > MPP_XY_TOLERANCE:
+        warnings.append(f"{path}: mpp-x {x:g} and mpp-y {y:g} µm/px differ by {abs(y / x - 1):.1%}; using "
+                        f"mpp-x (--slide-mpp overrides it)")
+    return x, warnings
 
 
 def _looks_like_tiff(path: Path) -> bool:
@@ -90,7 +131,7 @@ def _looks_like_tiff(path: Path) -> bool:
 
 
 def open_slide(path: Path, slide_mpp: float | None = None) -> Slide:
-    """Open a slide; its resolution is the metadata's, or `slide_mpp` for slides whose metadata has none."""
+    """Open a slide; its resolution is `slide_mpp` if given, else the metadata's (checked)."""
     import openslide
 
     path = Path(path)
@@ -109,12 +150,11 @@ def open_slide(path: Path, slide_mpp: float | None = None) -> Slide:
         handle = openslide.OpenSlide(str(path))
     except openslide.OpenSlideError as e:
         raise ConstructError(f"{path}: unreadable {fmt} slide ({e}); the file may be truncated or corrupt") from e
-    mpp = metadata_mpp(handle.properties)
-    source = "metadata"
-    if mpp is None:
-        if slide_mpp is None:
-            handle.close()
-            raise ConstructError(f"{path}: the slide records no resolution (no openslide.mpp-x, no TIFF "
-                                 f"resolution tags); pass --slide-mpp")
-        mpp, source = slide_mpp, "--slide-mpp"
-    return Slide(path, handle, float(mpp), source)
+    if slide_mpp is not None:  # the user's word beats the file's, which may be a screen's 72 dpi
+        return Slide(path, handle, float(slide_mpp), "--slide-mpp")
+    try:
+        mpp, warnings = checked_resolution(path, handle.properties)
+    except ConstructError:
+        handle.close()
+        raise
+    return Slide(path, handle, mpp, "metadata", warnings)

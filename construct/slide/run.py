@@ -8,6 +8,7 @@ is removed and the slide starts again. A slide that fails gets one line and the 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -22,9 +23,10 @@ from construct.errors import ConstructError
 from construct.inference.parts import Predictor
 from construct.inference.pipeline import run_inference
 from construct.slide.grid import make_grid
+from construct.slide.maskvalues import MASK_VALUES
 from construct.slide.memory import pin_mmap_threshold
-from construct.slide.reader import open_slide
-from construct.slide.sink import StitchedSlideSink
+from construct.slide.reader import MPP_RANGE, Slide, open_slide
+from construct.slide.sink import UNCLASSIFIED, StitchedSlideSink
 from construct.slide.source import SlideTileSource
 from construct.slide.tissue import detect_tissue, tissue_downsample
 
@@ -32,17 +34,20 @@ SLIDE_EXTENSIONS = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".vms", ".vmu", "
 WORK_DIR = ".work"  # scratch of slides in progress, under --out
 SUMMARY_CSV = "summary.csv"
 GATE = "pred"  # a slide has no labels: the model's own classifier gates each tile
+UPSAMPLE_TOLERANCE = 0.2  # a slide coarser than the model by more than this is upsampled: warned, or refused
 
 
 @dataclass
 class SlideConfig:
     out: Path
     target_mpp: float  # the model's µm/px
-    slide_mpp: float | None = None  # for slides whose metadata records none
+    slide_mpp: float | None = None  # overrides every slide's metadata
     overlap: int | None = None  # grid px; default a quarter tile
     tissue_threshold: float | None = None  # saturation; default Otsu (clamped)
     batch_size: int = 16
     pred_threshold: float = 0.5
+    no_upsample: bool = False  # refuse slides coarser than the model instead of upsampling them
+    mask_values: str = "dataset"  # one of maskvalues.MASK_VALUES
     meta: dict = field(default_factory=dict)  # recorded in every summary.json (model, settings)
 
 
@@ -50,6 +55,7 @@ class SlideConfig:
 class BatchResult:
     done: list[dict] = field(default_factory=list)  # summaries of slides segmented now
     skipped: list[Path] = field(default_factory=list)  # finished before
+    no_tissue: list[Path] = field(default_factory=list)  # segmented now or before, with no tissue found
     failed: list[tuple[Path, str]] = field(default_factory=list)
 
 
@@ -58,6 +64,12 @@ def check_config(cfg: SlideConfig, tile: int) -> None:
     for flag, value in (("--mpp", cfg.target_mpp), ("--slide-mpp", cfg.slide_mpp)):
         if value is not None and not value > 0:
             raise ConstructError(f"{flag} {value}: expected micrometres per pixel, above 0")
+    lo, hi = MPP_RANGE
+    if cfg.slide_mpp is not None and not lo <= cfg.slide_mpp <= hi:
+        raise ConstructError(f"--slide-mpp {cfg.slide_mpp}: expected {lo:g} to {hi:g} µm/px (a 40x scan is about "
+                             f"0.25, a 20x one 0.5)")
+    if cfg.mask_values not in MASK_VALUES:
+        raise ConstructError(f"--mask-values {cfg.mask_values}: expected one of {', '.join(MASK_VALUES)}")
     if cfg.overlap is not None and not 0 <= cfg.overlap < tile:
         raise ConstructError(f"--overlap {cfg.overlap}: expected 0 to {tile - 1} px (the model's tile is {tile} px)")
     if cfg.tissue_threshold is not None and not 0.0 <= cfg.tissue_threshold <= 1.0:
@@ -94,8 +106,21 @@ def is_finished(folder: Path) -> bool:
     return (folder / "summary.json").is_file()
 
 
-def segment_slide(path: Path, cfg: SlideConfig, predictor: Predictor, progress: bool = True) -> dict:
-    """Segment one slide into `cfg.out/<stem>/`; returns its summary (tiles 0: no tissue found)."""
+def check_upsampling(slide: Slide, target_mpp: float, refuse: bool) -> None:
+    """A slide coarser than the model is upsampled (more tiles, blurred inputs): warned, or refused."""
+    factor = slide.mpp / target_mpp
+    if factor > 1 + UPSAMPLE_TOLERANCE:
+        note = (f"{slide.path}: the slide's {slide.mpp:g} µm/px ({slide.mpp_source}) is coarser than the model's "
+                f"{target_mpp:g} µm/px; tiles would be upsampled {factor:.2g}x per side")
+        if refuse:
+            raise ConstructError(f"{note} (refused: --no-upsample)")
+        slide.warnings.append(f"{note} (--no-upsample refuses)")
+
+
+def segment_slide(path: Path, cfg: SlideConfig, predictor: Predictor, progress: bool = True,
+                  echo: Callable[[str], None] = print) -> dict:
+    """Segment one slide into `cfg.out/<stem>/`; returns its summary (tiles 0: no tissue found). Doubts
+    about its resolution are echoed as warnings and kept in the summary."""
     out_dir = cfg.out / path.stem
     if out_dir.exists():
         raise ConstructError(f"{out_dir}: exists but is not a finished slide output; remove it")
@@ -104,14 +129,17 @@ def segment_slide(path: Path, cfg: SlideConfig, predictor: Predictor, progress: 
     slide = None
     try:
         slide = open_slide(path, cfg.slide_mpp)
+        check_upsampling(slide, cfg.target_mpp, cfg.no_upsample)
+        for warning in slide.warnings:
+            echo(f"warning: {warning}")
         tile = predictor.tile_size
         overlap = tile // 4 if cfg.overlap is None else cfg.overlap
-        grid = make_grid(slide.dimensions, slide.mpp, cfg.target_mpp, tile, overlap, str(path))
+        grid = make_grid(slide.dimensions, slide.mpp, cfg.target_mpp, tile, overlap)
         d = tissue_downsample(slide.dimensions, slide.mpp)
         tissue = detect_tissue(slide.thumbnail(d), d, slide.mpp, cfg.tissue_threshold)
         origins = grid.tissue_tiles(tissue)
         sink = StitchedSlideSink(out_dir, work, slide, grid, tissue, origins, predictor.classes, cfg.target_mpp,
-                                 {**cfg.meta, "gate": GATE})
+                                 {**cfg.meta, "gate": GATE}, cfg.mask_values)
         # Argmax, not the CRF: blending overlapping tiles' soft scores is what decides a slide's labels.
         run_inference(SlideTileSource(slide, grid, origins), predictor, [sink], GATE, crf=False,
                       batch_size=cfg.batch_size, pred_threshold=cfg.pred_threshold, progress=progress,
@@ -133,12 +161,16 @@ def write_summary_csv(out: Path) -> None:
                "tissue_mm2": d["tissue_mm2"]}
         for name, c in d["classes"].items():
             row[f"{name}_mm2"], row[f"{name}_percent_tissue"] = c["area_mm2"], c["percent_tissue"]
+        if UNCLASSIFIED in d:  # summaries written before it was recorded have none
+            row[f"{UNCLASSIFIED}_mm2"] = d[UNCLASSIFIED]["area_mm2"]
+            row[f"{UNCLASSIFIED}_percent_tissue"] = d[UNCLASSIFIED]["percent_tissue"]
         row["seconds"] = d["seconds"]
         rows.append(row)
     if not rows:
         return
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), extrasaction="ignore")
+    columns = dict.fromkeys(k for row in rows for k in row)  # summaries written before `unclassified` lack it
+    writer = csv.DictWriter(buf, fieldnames=list(columns))
     writer.writeheader()
     writer.writerows(rows)
     write_text_atomic(out / SUMMARY_CSV, buf.getvalue())
@@ -171,12 +203,15 @@ def segment_slides(slides: list[Path], cfg: SlideConfig, predictor: Predictor, p
             if finished:
                 summary = json.loads((folder / "summary.json").read_text())
             else:
-                summary = segment_slide(path, cfg, predictor, progress)
+                summary = segment_slide(path, cfg, predictor, progress, echo)
                 if world.is_main:
                     write_summary_csv(cfg.out)
-            if summary["tiles"] == 0:  # reported on every run, not only the first
-                raise ConstructError(f"{path}: no tissue found (saturation threshold {summary['tissue_threshold']:.3f}; "
-                                     f"--tissue-threshold lowers it); wrote an empty mask and a zero table")
+            if summary["tiles"] == 0:
+                result.no_tissue.append(path)
+                if not finished:  # reported once; a rerun skips the finished slide like any other
+                    raise ConstructError(f"{path}: no tissue found (saturation threshold "
+                                         f"{summary['tissue_threshold']:.3f}; --tissue-threshold lowers it); wrote "
+                                         f"an empty mask and a zero table")
             if finished:
                 result.skipped.append(path)
             else:
@@ -185,10 +220,18 @@ def segment_slides(slides: list[Path], cfg: SlideConfig, predictor: Predictor, p
             result.failed.append((path, str(e)))
             echo(f"slide failed: {e}")
     if world.spread:
-        result = gather_results(result, world)
+        result = gather_results(result, world)  # a barrier: no rank is still working in .work/ after it
         if world.is_main:
             write_summary_csv(cfg.out)
+    if world.is_main:
+        remove_if_empty(cfg.out / WORK_DIR)
     return result
+
+
+def remove_if_empty(folder: Path) -> None:
+    """Remove an empty scratch folder; one holding a killed slide's scratch stays, for the next run."""
+    with contextlib.suppress(OSError):  # absent, or not empty
+        folder.rmdir()
 
 
 def gather_results(mine: BatchResult, world: World) -> BatchResult:
@@ -202,4 +245,5 @@ def gather_results(mine: BatchResult, world: World) -> BatchResult:
         merged.done += part.done
         merged.skipped += part.skipped
         merged.failed += part.failed
+        merged.no_tissue += part.no_tissue
     return merged

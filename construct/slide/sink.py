@@ -1,5 +1,6 @@
 """The stitched-slide sink: blends tiles' scores into the slide's label image and, at `close()`, writes
-mask.ome.tif, annotations.geojson, overlay.png, tissue.png and summary.json.
+mask.ome.tif (and mask_classes.csv, what its values mean), annotations.geojson, overlay.png, tissue.png
+and summary.json.
 
 Everything is written in a scratch folder and moved into place as one folder at the end, so the output
 folder of a slide either holds all its files or does not exist: a killed slide leaves only scratch,
@@ -13,25 +14,30 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from construct.data.classes import ClassSet
 from construct.data.sources import Tile
 from construct.head.scores import mask_index_lut
 from construct.slide.grid import Grid, blend_window
+from construct.slide.maskvalues import mask_table, mask_value_lut
 from construct.slide.outputs import OVERLAY_SIDE, geojson, overlay, pyramid, write_json, write_ome_tiff
 from construct.slide.reader import Slide
 from construct.slide.stitch import Stitcher
-from construct.slide.tissue import TissueMask
+from construct.slide.tissue import TissueMask, tissue_preview
+
+OUTPUT_FILES = ("mask.ome.tif", "mask_classes.csv", "annotations.geojson", "overlay.png", "tissue.png", "summary.json")
+UNCLASSIFIED = "unclassified"  # tissue no class claimed (the background channel won inside the tissue mask)
 
 
 class StitchedSlideSink:
     def __init__(self, out_dir: Path, work_dir: Path, slide: Slide, grid: Grid, tissue: TissueMask,
-                 origins: list[tuple[int, int]], classes: ClassSet, target_mpp: float, meta: dict):
+                 origins: list[tuple[int, int]], classes: ClassSet, target_mpp: float, meta: dict,
+                 mask_values: str = "dataset"):
         self.out_dir, self.work_dir = Path(out_dir), Path(work_dir)
         self.slide, self.grid, self.tissue, self.classes = slide, grid, tissue, classes
         self.target_mpp = target_mpp
         self.meta = meta
+        self.mask_values = mask_values
         self.n_tiles = len(origins)
         self.window = blend_window(grid.tile, grid.overlap)
         self.lut = mask_index_lut(classes)
@@ -70,11 +76,12 @@ class StitchedSlideSink:
     def summary(self) -> dict:
         px_mm2 = (self.target_mpp / 1000.0) ** 2
         tissue_mm2 = self.tissue_px * px_mm2
-        classes = {}
-        for c in self.classes.classes:
-            n = int(self.counts[c.mask_index])
-            classes[c.name] = {"area_mm2": round(n * px_mm2, 6),
-                               "percent_tissue": round(100.0 * n / self.tissue_px, 4) if self.tissue_px else 0.0}
+
+        def share(n: int) -> dict:
+            return {"area_mm2": round(n * px_mm2, 6),
+                    "percent_tissue": round(100.0 * n / self.tissue_px, 4) if self.tissue_px else 0.0}
+
+        classes = {c.name: share(int(self.counts[c.mask_index])) for c in self.classes.classes}
         background = int(self.counts[self.classes.background_index])
         w0, h0 = self.slide.dimensions
         return {
@@ -84,6 +91,8 @@ class StitchedSlideSink:
             "overlap": self.grid.overlap, "tiles": self.n_tiles, "tissue_threshold": self.tissue.threshold,
             "tissue_mm2": round(tissue_mm2, 6), "classes": classes,
             "background_in_tissue_mm2": round(background * px_mm2, 6),
+            UNCLASSIFIED: share(background),  # with the classes, 100% of the tissue
+            "mask_values": self.mask_values, "warnings": list(self.slide.warnings),
             "seconds": round(time.perf_counter() - self.start, 3), **self.meta,
         }
 
@@ -95,11 +104,14 @@ class StitchedSlideSink:
         labels = self.stitcher.labels
         levels = pyramid(labels, self.work_dir)
         name = self.out_dir.name
-        write_ome_tiff(staging / "mask.ome.tif", levels, self.target_mpp, name)
+        values = mask_value_lut(self.classes, self.mask_values)
+        write_ome_tiff(staging / "mask.ome.tif", levels, self.target_mpp, name, values)
+        (staging / "mask_classes.csv").write_text(mask_table(self.classes, values), encoding="utf-8")
         write_json(staging / "annotations.geojson", geojson(labels, self.classes, self.grid.scale))
-        Image.fromarray(self.tissue.mask.astype(np.uint8) * 255).save(staging / "tissue.png")
+        tissue_preview(self.tissue).save(staging / "tissue.png")
         summary = self.summary()
         percents = {k: v["percent_tissue"] for k, v in summary["classes"].items()}
+        percents[UNCLASSIFIED] = summary[UNCLASSIFIED]["percent_tissue"]
         w0, h0 = self.slide.dimensions
         thumb = self.slide.thumbnail(max(1.0, max(w0, h0) / OVERLAY_SIDE))
         # Fast deflate: a noisy 1024 px thumbnail at the default level costs a second, for 10% less size.

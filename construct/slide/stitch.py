@@ -46,8 +46,9 @@ class Stitcher:
 
     def _blocks_of(self, x: int, y: int) -> list[tuple[int, int]]:
         b = self.block
-        return [(by, bx) for by in range(y // b, (y + self.tile - 1) // b + 1)
-                for bx in range(x // b, (x + self.tile - 1) // b + 1)]
+        # Clipped to the grid: the one tile of a slide smaller than a tile reaches past it.
+        y1, x1 = min(y + self.tile, self.height), min(x + self.tile, self.width)
+        return [(by, bx) for by in range(y // b, (y1 - 1) // b + 1) for bx in range(x // b, (x1 - 1) // b + 1)]
 
     def _extent(self, key: tuple[int, int]) -> tuple[int, int, int, int]:
         by, bx = key

@@ -42,6 +42,20 @@ TIFF_TILE = 256
 RENDER_ROWS = 512
 
 
+# Artefacts a real slide carries, painted over a rendered image (RGB, noise sd): scanner edges, pen ink,
+# tinted cover-slip glass. Noise is what makes a dark grey look saturated to a naive detector.
+ARTEFACT_COLORS = {
+    "black-edge": ((12, 12, 12), 10.0),
+    "grey-edge": ((62, 56, 70), 10.0),  # a faint colour cast, as scanner edges have
+    "blue-ink": ((45, 75, 165), 8.0),
+    "green-ink": ((45, 135, 85), 8.0),
+    "black-ink": ((38, 38, 50), 8.0),
+    "tinted-glass": ((215, 205, 175), 3.0),
+}
+EDGES = ("black-edge", "grey-edge")  # a band along the left side
+INKS = ("blue-ink", "green-ink", "black-ink")  # a wavy stroke
+
+
 @dataclass(frozen=True)
 class SyntheticSlide:
     path: Path
@@ -81,6 +95,33 @@ def render(regions: np.ndarray, classes: ClassSet = BCSS, seed: int = 0) -> np.n
         image = lut[part] + rng.standard_normal((*part.shape, 3), dtype=np.float32) * sd[part][..., None]
         out[r:r + RENDER_ROWS] = np.clip(np.rint(image), 0, 255)
     return out
+
+
+def artefact_mask(kind: str, shape: tuple[int, int], width: int, where: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
+    """(H, W) bool: where an artefact of `kind` lies, `width` px thick. Edges are a band along the left side;
+    ink is a wavy horizontal stroke at `where[0]` of the height, across `where[1]` of the width (from the
+    left); tinted glass is a band along the bottom."""
+    h, w = shape
+    mask = np.zeros(shape, bool)
+    if kind in EDGES:
+        mask[:, :width] = True
+    elif kind in INKS:
+        cols = np.arange(int(w * where[1]))
+        centre = h * where[0] + 0.5 * width * np.sin(cols / max(w, 1) * 6 * np.pi)
+        rows = np.arange(h)[:, None]
+        mask[:, cols] = np.abs(rows - centre[None, :]) < width / 2
+    elif kind == "tinted-glass":
+        mask[h - width:, :] = True
+    else:
+        raise ValueError(f"unknown artefact {kind!r}; expected one of {', '.join(ARTEFACT_COLORS)}")
+    return mask
+
+
+def paint(image: np.ndarray, mask: np.ndarray, kind: str, seed: int = 0) -> None:
+    """Paint artefact `kind` over `image` (uint8 RGB, in place) where `mask` is set."""
+    color, sd = ARTEFACT_COLORS[kind]
+    noise = np.random.default_rng(seed).standard_normal((int(mask.sum()), 3), dtype=np.float32) * sd
+    image[mask] = np.clip(np.rint(np.array(color, np.float32) + noise), 0, 255)
 
 
 def write_pyramid_tiff(path: Path, image: np.ndarray, mpp: float | None, min_size: int = TIFF_TILE) -> None:

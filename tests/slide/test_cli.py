@@ -52,35 +52,45 @@ def test_cli_segments_with_a_head_run_and_reports_each_bad_slide(tiny_run, synth
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output
-    assert "1 segmented, 0 already done, 6 failed, of 7" in result.stdout
+    assert "2 segmented, 0 already done, 5 failed, of 7; 1 with no tissue)" in result.stdout
     failed = [line for line in result.stderr.splitlines() if line.startswith("  failed: ")]
-    assert len(failed) == 6
+    assert len(failed) == 5
     for key, needle in (("truncated", "unreadable TIFF-based slide"), ("corrupt", "unreadable slide data"),
-                        ("unknown", "not a slide format"), ("glass", "no tissue found"),
-                        ("tiny", "smaller than one tile"), ("no_mpp", "--slide-mpp")):
+                        ("unknown", "not a slide format"), ("glass", "no tissue found"), ("no_mpp", "--slide-mpp")):
         assert sum(str(bad[key]) in line and needle in line for line in failed) == 1, (key, failed)
-    assert result.stderr.strip().splitlines()[-1].startswith("Error: 6 of 7 slides failed")
+    assert result.stderr.strip().splitlines()[-1].startswith("Error: 5 of 7 slides failed")
     # The good slide is complete; the glass slide has an empty mask and a zero table.
     summary = json.loads((out / "synthetic" / "summary.json").read_text())
     assert summary["mpp"] == 2.0 and summary["tiles"] > 0 and len(summary["model"]["fingerprint"]) == 64
     glass = json.loads((out / "glass" / "summary.json").read_text())
     assert glass["tiles"] == 0 and glass["tissue_mm2"] == 0 and all(c["area_mm2"] == 0 for c in glass["classes"].values())
     assert (tifffile.imread(out / "glass" / "mask.ome.tif") == 4).all()
-    assert not any((out / ".work").iterdir())
-    for key in ("truncated", "corrupt", "unknown", "tiny", "no_mpp"):
+    assert not (out / ".work").exists()  # no empty scratch folder left behind
+    # A slide smaller than one tile (64 px at the model's 2 µm/px) is padded and segmented.
+    tiny = json.loads((out / "tiny" / "summary.json").read_text())
+    assert tiny["grid_size"] == [32, 32] and tiny["tiles"] == 1 and tiny["tissue_mm2"] > 0
+    assert tifffile.imread(out / "tiny" / "mask.ome.tif").shape == (32, 32)
+    for key in ("truncated", "corrupt", "unknown", "no_mpp"):
         assert not (out / bad[key].stem).exists()
-    # Rerun: finished slides are skipped, the failures are still reported; --slide-mpp rescues one.
+    # Rerun: finished slides are skipped (the glass one quietly: it was reported once), the failures are
+    # still reported; --slide-mpp rescues one.
     again = CliRunner().invoke(main, [*args, "--slide-mpp", "0.5"])
-    assert again.exit_code == 1 and "1 segmented, 1 already done, 5 failed, of 7" in again.stdout
+    assert again.exit_code == 1 and "1 segmented, 3 already done, 3 failed, of 7; 1 with no tissue)" in again.stdout
+    assert "no tissue found" not in again.stderr
     assert (out / "no_mpp" / "summary.json").is_file()
     rows = (out / "summary.csv").read_text().splitlines()
-    assert len(rows) == 1 + 3 and rows[0].startswith("slide,folder,mpp,tiles,tissue_mm2,TUM_mm2")
+    assert len(rows) == 1 + 4 and rows[0].startswith("slide,folder,mpp,tiles,tissue_mm2,TUM_mm2")
+    assert "unclassified_mm2,unclassified_percent_tissue" in rows[0]
+    # Only the glass slide left: a rerun has nothing to report and succeeds.
+    alone = CliRunner().invoke(main, ["slide", str(bad["glass"]), *args[3:]])
+    assert alone.exit_code == 0 and "0 segmented, 1 already done, 0 failed, of 1; 1 with no tissue)" in alone.stdout
 
 
 def test_cli_refuses_bad_flags_in_one_line(tiny_run, synth_slide, tmp_path):
     base = ["slide", str(synth_slide.path), "--run", str(tiny_run.run), "--out", str(tmp_path / "o")]
     for extra, needle in ((["--overlap", "224"], "--overlap 224"), (["--mpp", "-1"], "--mpp -1"),
-                          (["--tissue-threshold", "3"], "--tissue-threshold 3")):
+                          (["--tissue-threshold", "3"], "--tissue-threshold 3"),
+                          (["--slide-mpp", "352.8"], "--slide-mpp 352.8: expected 0.05 to 20 µm/px")):
         result = CliRunner().invoke(main, base + extra)
         assert result.exit_code == 1 and needle in result.stderr and "Traceback" not in result.output
     missing = CliRunner().invoke(main, ["slide", str(tmp_path / "none"), "--run", str(tiny_run.run), "--out",

@@ -106,3 +106,65 @@ def test_overlay_and_tissue_mask_are_written(segmented):
     assert overlay.width == 1024 and overlay.height > 1024  # thumbnail + legend
     assert np.asarray(Image.open(folder / "tissue.png")).any()
     assert not (folder.parent / ".work" / folder.name).exists()
+
+
+class _NecrosisUnclassified(ColourPredictor):
+    """Scores necrosis as background: tissue that no class claims."""
+
+    def __init__(self):
+        super().__init__()
+        nec, background = 3, len(BCSS)  # rows of `ref`: the classes in order, then background
+        self.ref[[nec, background]] = self.ref[[background, nec]]
+
+
+@pytest.fixture(scope="module")
+def unclassified(synth_slide, tmp_path_factory):
+    out = tmp_path_factory.mktemp("slide_unclassified")
+    cfg = SlideConfig(out=out, target_mpp=MPP, batch_size=8, mask_values="qupath")
+    result = segment_slides([synth_slide.path], cfg, _NecrosisUnclassified(), progress=False)
+    assert not result.failed
+    return out / synth_slide.path.stem, result.done[0]
+
+
+def test_unclassified_tissue_makes_the_percentages_add_up(unclassified, synth_slide):
+    folder, summary = unclassified
+    px_mm2 = (0.5 / 1000) ** 2
+    necrosis = (synth_slide.regions == 3).sum() * px_mm2
+    assert summary["unclassified"]["area_mm2"] == pytest.approx(necrosis, rel=0.05)
+    assert summary["classes"]["NEC"]["area_mm2"] < 0.05 * necrosis
+    assert summary["unclassified"]["area_mm2"] == summary["background_in_tissue_mm2"]
+    total = sum(c["percent_tissue"] for c in summary["classes"].values()) + summary["unclassified"]["percent_tissue"]
+    assert total == pytest.approx(100, abs=0.01)
+    row = next(csv.DictReader((folder.parent / "summary.csv").open()))
+    assert float(row["unclassified_mm2"]) == summary["unclassified"]["area_mm2"]
+    assert float(row["unclassified_percent_tissue"]) == summary["unclassified"]["percent_tissue"]
+
+
+def test_legend_lists_unclassified_tissue():
+    from construct.slide.outputs import overlay
+
+    thumb = np.full((64, 400, 3), 255, np.uint8)
+    labels = np.full((64, 400), 4, np.uint8)
+    shares = {"TUM": 50.0, "STR": 20.0, "LYM": 10.0, "NEC": 5.0}
+    without = np.asarray(overlay(thumb, labels, BCSS, shares))[64:]
+    with_it = np.asarray(overlay(thumb, labels, BCSS, {**shares, "unclassified": 15.0}))[64:]
+    assert (with_it < 255).any(axis=2).sum() > (without < 255).any(axis=2).sum()  # one more swatch and label
+
+
+def test_qupath_mask_values_and_their_table(unclassified, segmented, synth_slide):
+    folder, summary = unclassified
+    assert summary["mask_values"] == "qupath"
+    levels, _ = _mask(folder)
+    truth = grid_truth(synth_slide.regions, 2.0, levels[0].shape)
+    assert set(np.unique(levels[0])) <= {0, 1, 2, 3, 4}
+    assert (levels[0][truth == 4] == 0).mean() > 0.99 and (levels[0][truth == 0] == 1).mean() > 0.95
+    assert (levels[0][truth == 3] == 0).mean() > 0.95  # unclassified is background too
+    table = list(csv.DictReader((folder / "mask_classes.csv").open()))
+    assert [(int(r["value"]), r["class"]) for r in table] == [(0, "background"), (1, "TUM"), (2, "STR"), (3, "LYM"),
+                                                               (4, "NEC")]
+    assert [int(table[1][k]) for k in ("red", "green", "blue")] == list(BCSS.classes[0].color)
+    # The default keeps the dataset's values, and says so too.
+    default, _, _ = segmented
+    table = list(csv.DictReader((default / "mask_classes.csv").open()))
+    assert [(int(r["value"]), r["class"]) for r in table] == [(0, "TUM"), (1, "STR"), (2, "LYM"), (3, "NEC"),
+                                                               (4, "background")]

@@ -56,7 +56,7 @@ def test_glass_has_no_tissue_and_threshold_overrides(tmp_path):
     thumb = slide.thumbnail(d)
     slide.close()
     assert not detect_tissue(thumb, d, 0.5).any
-    assert detect_tissue(thumb, d, 0.5, threshold=0.0).mask.mean() > 0.9  # anything counts above zero
+    assert not detect_tissue(thumb, d, 0.5, threshold=0.0).any  # near-white is glass whatever the cut
 
 
 def test_otsu_splits_two_populations():

@@ -28,11 +28,18 @@ def test_grid_covers_every_pixel_and_keeps_tissue_tiles_only():
     assert len(origins) == len({(x, y) for x in xs for y in g.starts(600) if x < 160 and y < 160})
 
 
-def test_slide_smaller_than_a_tile_is_one_line():
-    with pytest.raises(ConstructError, match="smaller than one tile"):
-        make_grid((400, 3000), 0.5, 1.0, 224, 56, "tiny.svs")
+def test_slide_smaller_than_a_tile_is_one_padded_tile(tmp_path):
+    g = make_grid((400, 3000), 0.5, 1.0, 224, 56)  # 200 x 1500 grid px: narrower than a tile
+    assert (g.width, g.height) == (200, 1500) and g.starts(g.width) == [0] and len(g.starts(g.height)) > 1
     with pytest.raises(ConstructError, match="--overlap"):
-        make_grid((4000, 3000), 0.5, 1.0, 224, 224, "x.svs")
+        make_grid((4000, 3000), 0.5, 1.0, 224, 224)
+    # The tile's scores are cropped to the grid.
+    scores = np.random.default_rng(0).random((3, 224, 224)).astype(np.float32)
+    stitcher = Stitcher(tmp_path, 3, 100, 150, 224, [(0, 0)], lambda o, acc: acc.argmax(0).astype(np.uint8),
+                        fill=9, block=64)
+    stitcher.add(0, 0, scores)
+    stitcher.close()
+    assert np.array_equal(stitcher.labels[:], scores[:, :100, :150].argmax(0))
 
 
 def test_window_is_smooth_positive_and_flat_inside():
