@@ -25,7 +25,6 @@ from construct.slide.reader import Slide
 from construct.slide.stitch import Stitcher
 from construct.slide.tissue import TissueMask, tissue_preview
 
-OUTPUT_FILES = ("mask.ome.tif", "mask_classes.csv", "annotations.geojson", "overlay.png", "tissue.png", "summary.json")
 UNCLASSIFIED = "unclassified"  # tissue no class claimed (the background channel won inside the tissue mask)
 
 
