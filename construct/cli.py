@@ -11,6 +11,7 @@ import click
 
 from construct import __version__
 from construct.errors import ConstructError
+from construct.slide.defaults import MIN_AREA_UM2, VECTOR_MPP
 from construct.store.in_memory import DEFAULT_MEMORY_GB
 
 SPLITS = ("train", "valid", "test")
@@ -342,8 +343,15 @@ def refine(run, data, split, images, out, gate, pred_threshold, tta, crf, batch_
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder: OUT/<slide>/ and OUT/summary.csv.")
 @click.option("--mpp", type=float, default=None, help="Model resolution in µm/px [default: the run's training tiles'].")
 @click.option("--slide-mpp", type=float, default=None, help="µm/px of slides whose metadata records none.")
-@click.option("--overlap", type=int, default=None, help="Tile overlap in px at the model's resolution [default: a quarter tile].")
+@click.option("--overlap", type=int, default=None, help="Tile overlap in px at the model's resolution [default: a quarter of the training tile].")
+@click.option("--tile-size", type=int, default=None,
+              help="Window a student run reads, px at the model's resolution: larger windows mean fewer tiles and "
+                   "less overlap (a multiple of the student's stride) [default: the training tile].")
 @click.option("--tissue-threshold", type=float, default=None, help="Saturation above which a pixel is tissue [default: Otsu].")
+@click.option("--vector-mpp", type=float, default=VECTOR_MPP, show_default=True,
+              help="µm/px the GeoJSON outlines are traced at (never finer than the model's).")
+@click.option("--min-area-um2", type=float, default=MIN_AREA_UM2, show_default=True,
+              help="GeoJSON regions and holes smaller than this are dropped (the mask keeps every pixel).")
 @click.option("--tta", is_flag=True, help="Test-time augmentation: 6-way for a head run, flips for a student.")
 @click.option("--pred-threshold", type=float, default=0.5, show_default=True, help="Classifier probability that lets a class into a tile.")
 @click.option("--batch-size", type=int, default=16, show_default=True, help="Tiles per forward.")
@@ -353,8 +361,8 @@ def refine(run, data, split, images, out, gate, pred_threshold, tta, crf, batch_
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None, help="CONCH precision of a head run [default: the run's].")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @user_errors
-def slide(slides, run, out, mpp, slide_mpp, overlap, tissue_threshold, tta, pred_threshold, batch_size, head, conch,
-          device, precision, quiet) -> None:
+def slide(slides, run, out, mpp, slide_mpp, overlap, tile_size, tissue_threshold, vector_mpp, min_area_um2, tta,
+          pred_threshold, batch_size, head, conch, device, precision, quiet) -> None:
     """Segment whole slides (SVS, NDPI, MRXS, tiled TIFF; files, folders or a CSV with a `path` column).
 
     Writes OUT/<slide>/ mask.ome.tif, annotations.geojson (QuPath), overlay.png, tissue.png, summary.json
@@ -367,15 +375,18 @@ def slide(slides, run, out, mpp, slide_mpp, overlap, tissue_threshold, tta, pred
 
     paths = list_slides(list(slides))
     with session(device) as (world, dev):
-        model = load_model(run, tta=tta, device=str(dev), precision=precision, head=head, conch_spec=conch)
+        model = load_model(run, tta=tta, device=str(dev), precision=precision, head=head, conch_spec=conch,
+                           tile_size=tile_size)
         target = mpp or model.mpp
         if target is None:
             raise ConstructError(f"{run}: the run records no training resolution (extracted before "
                                  f"`extract --mpp`); pass --mpp")
         if world.is_main:
             warn_random(model.recipes)
-        cfg = SlideConfig(out=out, target_mpp=target, slide_mpp=slide_mpp, overlap=overlap,
+        cfg = SlideConfig(out=out, target_mpp=target, slide_mpp=slide_mpp,
+                          overlap=model.default_overlap if overlap is None else overlap,
                           tissue_threshold=tissue_threshold, batch_size=batch_size, pred_threshold=pred_threshold,
+                          vector_mpp=vector_mpp, min_area_um2=min_area_um2,
                           meta={"model": model.describe(run, tta)})
         result = segment_slides(paths, cfg, model.predictor, progress=not quiet and world.is_main,
                                 echo=lambda line: click.echo(line, err=True), world=world)

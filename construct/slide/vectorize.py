@@ -1,19 +1,28 @@
-"""Label image → class polygons (shapely), block by block, with holes kept.
+"""Label image → class polygons, traced at a coarse resolution in row strips, streamed out one by one.
 
-Each block's pixels of a class are cut into rectangles (runs along rows, merged down columns while they
-line up) whose union is exactly that class's pixel region, holes included; blocks are then unioned per
-class, and the result simplified within one grid pixel. Memory follows the boundary's length, not the
-slide's area.
+The stitched label image (a Zarr array at the model's resolution) is reduced to the vector resolution by
+a majority vote over each `factor` x `factor` cell (so isolated speckle votes itself away instead of
+becoming a polygon), read a bounded block at a time. The coarse image is then traced one strip of rows
+at a time: each class's pixels in the strip are cut into rectangles (runs along rows, merged down columns
+while they line up) and unioned into polygons, holes included. A polygon that reaches the strip's lower
+edge may continue in the next strip, so it is kept open and unioned with the pieces that touch it there;
+every other polygon is finished: pieces and holes under the minimum area are dropped, it is simplified
+within a fraction of a coarse pixel and handed to the caller. Memory follows one strip plus the regions
+crossing its lower edge, not the slide's area.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 import numpy as np
 import shapely
-from shapely.geometry.base import BaseGeometry
+from shapely.geometry import Polygon
 
-VECTOR_BLOCK = 1024
-SIMPLIFY_PX = 1.0  # tolerance, in grid pixels
+STRIP_ROWS = 512  # coarse rows traced at a time
+VOTE_PIXELS = 1 << 24  # label pixels read per majority-vote block (16 MB of uint8)
+SIMPLIFY_PX = 0.5  # tolerance in coarse pixels: removes the staircase, keeps each pixel's corner within reach
+NOT_A_LABEL = 255  # pads cells that run past the label image's edge; never wins a vote
 
 
 def rectangles(mask: np.ndarray) -> np.ndarray:
@@ -36,32 +45,92 @@ def rectangles(mask: np.ndarray) -> np.ndarray:
     return np.asarray(out, dtype=np.float64).reshape(-1, 4)
 
 
-def mask_geometry(mask: np.ndarray, x0: float = 0.0, y0: float = 0.0) -> BaseGeometry:
-    """The True pixels of `mask` as one (Multi)Polygon in pixel-edge coordinates, offset by (x0, y0)."""
+def polygons(geom) -> list[Polygon]:
+    """The polygons of a Polygon, MultiPolygon or collection (lines and points dropped)."""
+    return [g for g in shapely.get_parts(geom) if g.geom_type == "Polygon" and not g.is_empty]
+
+
+def mask_polygons(mask: np.ndarray, x0: float = 0.0, y0: float = 0.0) -> list[Polygon]:
+    """The True pixels of `mask` as polygons (one per 4-connected region, holes kept) in pixel-edge
+    coordinates, offset by (x0, y0)."""
     r = rectangles(mask)
     if not len(r):
-        return shapely.Polygon()
+        return []
     boxes = shapely.box(r[:, 0] + x0, r[:, 1] + y0, r[:, 2] + x0, r[:, 3] + y0)
-    return shapely.union_all(boxes)
+    return polygons(shapely.union_all(boxes))
 
 
-def class_geometries(labels, values: list[int], block: int = VECTOR_BLOCK) -> dict[int, BaseGeometry]:
-    """Per label value, its region in the 2-D array `labels` (numpy or Zarr) as a simplified, valid
-    geometry in pixel coordinates."""
+def majority(block: np.ndarray, factor: int) -> np.ndarray:
+    """Each `factor` x `factor` cell of a label block → its most frequent label (ties: the lowest);
+    cells cut by the block's edge vote with the pixels they have."""
+    if factor == 1:
+        return block
+    h, w = -(-block.shape[0] // factor), -(-block.shape[1] // factor)
+    padded = np.full((h * factor, w * factor), NOT_A_LABEL, np.uint8)
+    padded[:block.shape[0], :block.shape[1]] = block
+    present = np.flatnonzero(np.bincount(block.ravel(), minlength=256))
+    best = np.zeros((h, w), np.uint8)
+    best_count = np.full((h, w), -1, np.int32)
+    for v in present:
+        count = (padded == v).reshape(h, factor, w, factor).sum(axis=(1, 3), dtype=np.int32)
+        better = count > best_count
+        best[better], best_count[better] = v, count[better]
+    return best
+
+
+def coarse_strips(labels, factor: int, rows: int = STRIP_ROWS) -> Iterator[tuple[int, np.ndarray]]:
+    """(first coarse row, coarse strip) of the 2-D label array (numpy or Zarr) reduced by `factor`,
+    reading at most about VOTE_PIXELS label pixels at a time."""
     height, width = labels.shape
-    parts: dict[int, list[BaseGeometry]] = {v: [] for v in values}
-    for r0 in range(0, height, block):
-        for c0 in range(0, width, block):
-            tile = np.asarray(labels[r0:r0 + block, c0:c0 + block])
-            present = set(np.unique(tile).tolist())
-            for v in values:
-                if v in present:
-                    parts[v].append(mask_geometry(tile == v, c0, r0))
-    out = {}
-    for v, geoms in parts.items():
-        geom = shapely.union_all(geoms) if geoms else shapely.Polygon()
-        geom = geom.simplify(SIMPLIFY_PX, preserve_topology=True)
-        if not geom.is_valid:
-            geom = shapely.make_valid(geom)
-        out[v] = geom
-    return out
+    coarse_w = -(-width // factor)
+    cols = max(1, VOTE_PIXELS // (rows * factor * factor))  # coarse columns per read
+    for r in range(0, -(-height // factor), rows):
+        strip = np.concatenate([
+            majority(np.asarray(labels[r * factor:(r + rows) * factor, c * factor:(c + cols) * factor]), factor)
+            for c in range(0, coarse_w, cols)], axis=1)
+        yield r, strip
+
+
+def drop_small(poly: Polygon, min_area: float) -> Polygon | None:
+    """`poly` without its holes under `min_area`; None if it is itself under it."""
+    if poly.area < min_area:
+        return None
+    holes = [ring for ring in poly.interiors if Polygon(ring).area >= min_area]
+    return poly if len(holes) == len(poly.interiors) else Polygon(poly.exterior, holes)
+
+
+# emit(label value, polygon in coarse pixel coordinates)
+Emit = Callable[[int, Polygon], None]
+
+
+def trace(labels, values: list[int], factor: int, min_area: float, emit: Emit, rows: int = STRIP_ROWS) -> None:
+    """Every region of each label value in `values`, in coarse pixels (`factor` label pixels each), handed
+    to `emit` as soon as it is complete: holes kept, pieces and holes under `min_area` coarse px² dropped,
+    simplified within SIMPLIFY_PX. Regions are 4-connected (pixels touching at a corner only are two)."""
+    coarse_h = -(-labels.shape[0] // factor)
+    open_parts: dict[int, list[Polygon]] = {v: [] for v in values}
+    for r0, strip in coarse_strips(labels, factor, rows):
+        r1 = r0 + strip.shape[0]
+        present = set(np.unique(strip).tolist())
+        for v in values:
+            new = mask_polygons(strip == v, 0, r0) if v in present else []
+            joining = [p for p in new if p.bounds[1] == r0]
+            if open_parts[v] and joining:
+                merged = polygons(shapely.union_all(open_parts[v] + joining))
+                new = [p for p in new if p.bounds[1] != r0] + merged
+            else:
+                new = new + open_parts[v]
+            open_parts[v] = []
+            for p in new:
+                if p.bounds[3] == r1 and r1 < coarse_h:
+                    open_parts[v].append(p)
+                else:
+                    _finish(v, p, min_area, emit)
+
+
+def _finish(value: int, poly: Polygon, min_area: float, emit: Emit) -> None:
+    poly = drop_small(poly, min_area)
+    if poly is None:
+        return
+    for part in polygons(poly.simplify(SIMPLIFY_PX, preserve_topology=True)):
+        emit(value, part)
