@@ -21,7 +21,7 @@ from shapely.geometry import Polygon
 
 STRIP_ROWS = 512  # coarse rows traced at a time
 VOTE_PIXELS = 1 << 24  # label pixels read per majority-vote block (16 MB of uint8)
-SIMPLIFY_PX = 0.5  # tolerance in coarse pixels: removes the staircase, keeps each pixel's corner within reach
+SIMPLIFY_PX = 1.0  # tolerance in traced pixels: removes the pixel staircase, moves no edge by more than one
 NOT_A_LABEL = 255  # pads cells that run past the label image's edge; never wins a vote
 
 

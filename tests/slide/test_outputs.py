@@ -89,8 +89,9 @@ def test_geojson_is_valid_and_matches_the_mask(segmented):
         assert props["classification"]["color"] == list(c.color)
         geom = shape(feature["geometry"])
         assert geom.is_valid and geom.geom_type in ("Polygon", "MultiPolygon")
-        # Level-0 coordinates: two level-0 px per grid px.
-        assert geom.area / 4 == pytest.approx((levels[0] == c.mask_index).sum(), rel=0.01)
+        # Level-0 coordinates: two level-0 px per grid px. Traced at 2 µm/px and simplified within one traced
+        # px, the outline may cut a 2 µm band's worth of corners off these 128 µm blocks: a few percent.
+        assert geom.area / 4 == pytest.approx((levels[0] == c.mask_index).sum(), rel=0.03)
         names.append(c.name)
     assert names == ["TUM", "STR", "LYM", "NEC"]
     tumour = shape(collection["features"][0]["geometry"])
