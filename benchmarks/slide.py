@@ -183,6 +183,8 @@ def real_child(slide: Path, run: Path, out: Path, tile_size: int | None) -> None
     result = segment_slides([slide], SlideConfig(out=out, target_mpp=REAL_MPP, batch_size=batch, overlap=overlap),
                             model.predictor, progress=False)
     seconds = time.perf_counter() - t
+    if result.failed:
+        raise SystemExit(f"{slide}: {result.failed[0][1]}")
     summary = result.done[0]
     phases = summary.get("seconds_by_phase") or {"vector": timed["vector"]}
     print(json.dumps({"seconds": seconds, "peak_rss_mb": peak_rss_mb(), "tiles": summary["tiles"],

@@ -3,8 +3,8 @@
 The stitched label image (a Zarr array at the model's resolution) is reduced to the vector resolution by
 a majority vote over each `factor` x `factor` cell (so isolated speckle votes itself away instead of
 becoming a polygon), read a bounded block at a time. The coarse image is then traced one strip of rows
-at a time: each class's pixels in the strip are cut into rectangles (runs along rows, merged down columns
-while they line up) and unioned into polygons, holes included. A polygon that reaches the strip's lower
+at a time: each class's pixels in the strip are cut into chains of row runs (y-monotone polygons) that are
+unioned into regions, holes included. A polygon that reaches the strip's lower
 edge may continue in the next strip, so it is kept open and unioned with the pieces that touch it there;
 every other polygon is finished: pieces and holes under the minimum area are dropped, it is simplified
 within a fraction of a coarse pixel and handed to the caller. Memory follows one strip plus the regions
@@ -24,24 +24,52 @@ VOTE_PIXELS = 1 << 20  # label pixels per majority-vote block (its keys: 24 byte
 SIMPLIFY_PX = 1.0  # tolerance in traced pixels: removes the pixel staircase, moves no edge by more than one
 
 
-def rectangles(mask: np.ndarray) -> np.ndarray:
-    """(N, 4) x0, y0, x1, y1 rectangles whose union is the True pixels of a 2-D mask."""
-    h = mask.shape[0]
+def run_chains(mask: np.ndarray) -> list[np.ndarray]:
+    """Outlines ((N, 2) x, y pixel-edge coordinates) of row-run chains whose union is the True pixels of a
+    2-D mask. A chain is a run followed down the rows while it overlaps exactly one run in the next row and
+    that run only it: a y-monotone polygon. So a smooth region is a few chains however many rows it has,
+    and the union that joins them (at splits, merges and holes) handles a few large pieces, not one
+    rectangle per row."""
     padded = np.pad(mask.astype(np.int8), ((0, 0), (1, 1)))
     edges = np.diff(padded, axis=1)
-    open_runs: dict[tuple[int, int], int] = {}
-    out: list[tuple[int, int, int, int]] = []
-    for y in range(h + 1):
-        if y < h:
-            starts, ends = np.flatnonzero(edges[y] == 1), np.flatnonzero(edges[y] == -1)
-            runs = set(zip(starts.tolist(), ends.tolist()))
+    done: list[np.ndarray] = []
+    chains: list[tuple[list[tuple[int, int]], int]] = []  # (runs top to bottom, first row) of the last row
+    for y in range(mask.shape[0] + 1):
+        if y < mask.shape[0]:
+            runs = list(zip(np.flatnonzero(edges[y] == 1).tolist(), np.flatnonzero(edges[y] == -1).tolist()))
         else:
-            runs = set()
-        for run in [r for r in open_runs if r not in runs]:
-            out.append((run[0], open_runs.pop(run), run[1], y))
-        for run in runs:
-            open_runs.setdefault(run, y)
-    return np.asarray(out, dtype=np.float64).reshape(-1, 4)
+            runs = []
+        # Overlaps between the previous row's runs (sorted) and this row's, by a merge walk.
+        below: list[list[int]] = [[] for _ in chains]
+        above: list[list[int]] = [[] for _ in runs]
+        i = j = 0
+        while i < len(chains) and j < len(runs):
+            a0, a1 = chains[i][0][-1]
+            b0, b1 = runs[j]
+            if a0 < b1 and b0 < a1:
+                below[i].append(j)
+                above[j].append(i)
+            if a1 <= b1:
+                i += 1
+            else:
+                j += 1
+        nxt: list[tuple[list[tuple[int, int]], int] | None] = [None] * len(runs)
+        for i, (chain, top) in enumerate(chains):
+            if len(below[i]) == 1 and len(above[below[i][0]]) == 1:
+                chain.append(runs[below[i][0]])
+                nxt[below[i][0]] = (chain, top)
+            else:
+                done.append(_chain_outline(chain, top))
+        chains = [c if c is not None else ([runs[j]], y) for j, c in enumerate(nxt)]
+    return done
+
+
+def _chain_outline(chain: list[tuple[int, int]], top: int) -> np.ndarray:
+    runs = np.asarray(chain, np.float64)
+    ys = np.arange(top, top + len(chain), dtype=np.float64)
+    left = np.stack([np.repeat(runs[:, 0], 2), np.stack([ys, ys + 1], axis=1).ravel()], axis=1)
+    right = np.stack([np.repeat(runs[::-1, 1], 2), np.stack([ys[::-1] + 1, ys[::-1]], axis=1).ravel()], axis=1)
+    return np.concatenate([left, right])
 
 
 def polygons(geom) -> list[Polygon]:
@@ -52,11 +80,11 @@ def polygons(geom) -> list[Polygon]:
 def mask_polygons(mask: np.ndarray, x0: float = 0.0, y0: float = 0.0) -> list[Polygon]:
     """The True pixels of `mask` as polygons (one per 4-connected region, holes kept) in pixel-edge
     coordinates, offset by (x0, y0)."""
-    r = rectangles(mask)
-    if not len(r):
+    outlines = run_chains(mask)
+    if not outlines:
         return []
-    boxes = shapely.box(r[:, 0] + x0, r[:, 1] + y0, r[:, 2] + x0, r[:, 3] + y0)
-    return polygons(shapely.union_all(boxes))
+    pieces = [Polygon(o + (x0, y0)) for o in outlines]
+    return polygons(shapely.union_all(pieces))
 
 
 def present_values(block: np.ndarray, rows: int = 256) -> list[int]:
@@ -137,7 +165,9 @@ def trace(labels, values: list[int], factor: int, min_area: float, emit: Emit, r
 
 
 def _finish(value: int, poly: Polygon, min_area: float, emit: Emit) -> None:
-    poly = drop_small(poly, min_area)
+    # Tolerance 0 first: it only removes the chains' collinear vertices, which would otherwise steer where
+    # the real simplification cuts (a 3 px square must stay a square).
+    poly = drop_small(shapely.simplify(poly, 0.0), min_area)
     if poly is None:
         return
     for part in polygons(poly.simplify(SIMPLIFY_PX, preserve_topology=True)):
