@@ -10,6 +10,7 @@ pyramid is rendered from the same definition at its own resolution, so no level 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -58,7 +59,7 @@ class Painter:
         n = max(4, int(side * mpp / FIELD_CELL_UM))
         field = ndimage.gaussian_filter(rng.standard_normal((n, n)), 1.0)
         inner = np.zeros_like(field, bool)
-        m = int(round(MARGIN * n))
+        m = round(MARGIN * n)
         inner[m:n - m, m:n - m] = True
         cut = np.quantile(field[inner], 1 - TISSUE_SHARE)
         self.field = np.where(inner, field - cut, -1.0)  # > 0: tissue
@@ -91,7 +92,7 @@ class Painter:
         half = INK_UM / self.mpp / 2
         for colour, pts in self.strokes:
             d = np.full((TILE, TILE), np.inf, np.float32)
-            for a, b in zip(pts[:-1], pts[1:]):
+            for a, b in pairwise(pts):
                 lo, hi = np.minimum(a, b) - half, np.maximum(a, b) + half
                 if xs[-1] < lo[0] or xs[0] > hi[0] or ys[-1] < lo[1] or ys[0] > hi[1]:
                     continue

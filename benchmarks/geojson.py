@@ -27,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 import zarr
+from _common import base_parser, finish, report, workdir
 from scipy import ndimage
 
-from _common import base_parser, finish, report, workdir
 from construct.data.classes import BCSS
 from construct.slide.defaults import MIN_AREA_UM2, VECTOR_MPP
 from construct.slide.outputs import vector_factor, write_geojson

@@ -155,7 +155,7 @@ def real_child(slide: Path, run: Path, out: Path, tile_size: int | None) -> None
     """In a fresh process: segment `slide` with the student run; print figures as JSON. Runs against
     either this code or an older copy (PYTHONPATH), so it uses only what both have, and times the GeoJSON
     where the older code has no phases."""
-    import construct.slide.sink as sink
+    from construct.slide import sink
     from construct.slide.model import load_model
 
     timed = {"vector": 0.0}
@@ -233,7 +233,7 @@ def realsize(args, work: Path) -> dict:
             shutil.rmtree(out, ignore_errors=True)
             cmd = [sys.executable, __file__, "--real-child", str(slides[name]), str(run), str(out), str(tile or 0)]
             env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(code), str(Path(__file__).resolve().parent)])}
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.real_timeout)
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.real_timeout, check=False)
             if proc.returncode:
                 raise RuntimeError(f"{arm} {name} failed: {proc.stderr[-2000:]}")
             fig = figures.setdefault(arm, {})[name] = json.loads(proc.stdout.strip().splitlines()[-1])

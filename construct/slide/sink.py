@@ -19,8 +19,16 @@ from construct.data.sources import Tile
 from construct.head.scores import mask_index_lut
 from construct.slide.defaults import MIN_AREA_UM2, VECTOR_MPP
 from construct.slide.grid import Grid, blend_window
-from construct.slide.outputs import (OVERLAY_SIDE, overlay, pyramid, qupath_offset, vector_factor, write_geojson,
-                                     write_json, write_ome_tiff)
+from construct.slide.outputs import (
+    OVERLAY_SIDE,
+    overlay,
+    pyramid,
+    qupath_offset,
+    vector_factor,
+    write_geojson,
+    write_json,
+    write_ome_tiff,
+)
 from construct.slide.phases import Phases
 from construct.slide.reader import Slide
 from construct.slide.stitch import Stitcher

@@ -15,7 +15,6 @@ from shapely.geometry import shape
 
 from construct.data.classes import BCSS
 from construct.slide.run import SlideConfig, segment_slides
-
 from construct.slide.synthetic import ColourPredictor
 
 from .helpers import grid_truth
@@ -134,7 +133,7 @@ class _BoundsHandle:
 
 
 def test_geojson_lands_in_qupaths_frame_for_slides_with_bounds(segmented, synth_slide, tmp_path, monkeypatch):
-    import construct.slide.run as run
+    from construct.slide import run
     from construct.slide.reader import open_slide
 
     bounds = (1000, 300)

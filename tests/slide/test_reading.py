@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 import pytest
 
@@ -69,7 +71,7 @@ class _FlatHandle:
 
     dimensions = (20000, 12000)
     level_downsamples = (1.0,)
-    properties: dict = {}
+    properties: ClassVar[dict] = {}
 
     def __init__(self):
         self.reads: list[tuple[int, int]] = []
