@@ -13,13 +13,24 @@ Memory: each of two synthetic slides, one with four times the other's area, is s
 process with a predictor that reads the synthetic colours (so inference costs almost nothing and the
 slide machinery's own memory shows), and the process's peak RSS (VmHWM) is read at its end.
 
+Real size (`--part realsize`): a generated slide of 100 mm² (`_real_size.py`: the CMU crop's H&E texture
+on glass, pen strokes, a dark scanner edge; 20,000² px at 0.5 µm/px, pyramidal) and a sibling with 16x
+less area, each segmented in a fresh process by one student (the tests' tiny student, trained here in a
+minute: its speed is a real student's, its masks are not) at 0.5 µm/px on the CPU. Arm `after`: this
+code with `--tile-size` 1024; arm `before` (with --before-code, a copy of an older commit): that code as
+it was, 224 px tiles. Prints `mm2_per_s` (tissue mm² per second of the whole slide, big slide, `after`),
+`cost_ratio` (seconds per slide px, big over small), `rss_ratio` (peak RSS, big over small) and
+`vector_share` (vector + write seconds over the total, big slide).
+
     .venv/bin/python benchmarks/slide.py    # ends with `overhead_ratio: X`; also prints rss_ratio
+    .venv/bin/python benchmarks/slide.py --part realsize --workdir W [--before-code DIR]
 """
 
 from __future__ import annotations
 
 import json
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -135,19 +146,145 @@ def memory(args, work: Path) -> dict:
     return {**runs, "rss_ratio": ratio}
 
 
+REAL_MPP = 0.5  # the real-size slides' resolution, and the student's there
+REAL_SIDE = 20000  # px: 100 mm² at 0.5 µm/px
+REAL_TILE = 1024
+
+
+def real_child(slide: Path, run: Path, out: Path, tile_size: int | None) -> None:
+    """In a fresh process: segment `slide` with the student run; print figures as JSON. Runs against
+    either this code or an older copy (PYTHONPATH), so it uses only what both have, and times the GeoJSON
+    where the older code has no phases."""
+    from construct.slide import sink
+
+    try:
+        from construct.inference.factory import load_predictor as load_model
+    except ImportError:  # the older code
+        from construct.slide.model import load_model
+
+    timed = {"vector": 0.0}
+    if hasattr(sink, "geojson"):  # the older code: one function builds it, write_json writes it
+        build, write = sink.geojson, sink.write_json
+
+        def geojson(*a, **k):
+            t = time.perf_counter()
+            try:
+                return build(*a, **k)
+            finally:
+                timed["vector"] += time.perf_counter() - t
+
+        def write_json(path, data):
+            t = time.perf_counter()
+            write(path, data)
+            if path.name == "annotations.geojson":
+                timed["vector"] += time.perf_counter() - t
+
+        sink.geojson, sink.write_json = geojson, write_json
+    model = load_model(run, device="cpu") if tile_size is None else load_model(run, device="cpu", tile_size=tile_size)
+    overlap = getattr(model, "default_overlap", None)
+    t = time.perf_counter()
+    batch = 16 if tile_size is None else 2  # the CLI default for 224 px tiles; about as many pixels per forward
+    result = segment_slides([slide], SlideConfig(out=out, target_mpp=REAL_MPP, batch_size=batch, overlap=overlap),
+                            model.predictor, progress=False)
+    seconds = time.perf_counter() - t
+    if result.failed:
+        raise SystemExit(f"{slide}: {result.failed[0][1]}")
+    summary = result.done[0]
+    phases = summary.get("seconds_by_phase") or {"vector": timed["vector"]}
+    print(json.dumps({"seconds": seconds, "peak_rss_mb": peak_rss_mb(), "tiles": summary["tiles"],
+                      "tile_size": summary["tile_size"], "tissue_mm2": summary["tissue_mm2"],
+                      "slide_px": summary["slide_size"][0] * summary["slide_size"][1],
+                      "geojson_mb": (out / slide.stem / "annotations.geojson").stat().st_size / 1e6,
+                      "seconds_by_phase": phases}))
+
+
+def tiny_student(work: Path) -> Path:
+    """The tests' tiny student (a head run on random-tiny features, then 2 quick epochs of distillation)."""
+    run = work / "student" / "run"
+    if (run / "config.json").is_file() or any(run.glob("*.json")):
+        return run
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from construct.distill.trainer import distill
+    from tiny_runs import make_tiny_run, quick_config
+
+    teacher = make_tiny_run(work / "teacher")
+    distill(quick_config(teacher, run), conch=teacher.conch, progress=False)
+    return run
+
+
+def realsize(args, work: Path) -> dict:
+    import os
+
+    from _real_size import make_big_slide
+
+    run = tiny_student(work)
+    slides = {}
+    for name, side in (("small", args.real_side // 4), ("big", args.real_side)):
+        path = work / f"real_{name}.tif"
+        if not path.exists():
+            t = time.perf_counter()
+            make_big_slide(path, side, REAL_MPP)
+            print(f"  wrote {path.name}: {side}² px, {(side * REAL_MPP / 1000) ** 2:.2f} mm², "
+                  f"{time.perf_counter() - t:.0f} s")
+        slides[name] = path
+    arms = [("after", Path(__file__).resolve().parents[1], args.real_tile)]
+    if args.before_code:
+        arms.insert(0, ("before", args.before_code.resolve(), None))
+    figures: dict = {}
+    for arm, code, tile in arms:
+        for name in ("small", "big"):
+            out = work / f"real_{arm}_{name}"
+            shutil.rmtree(out, ignore_errors=True)
+            cmd = [sys.executable, __file__, "--real-child", str(slides[name]), str(run), str(out), str(tile or 0)]
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(code), str(Path(__file__).resolve().parent)])}
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.real_timeout, check=False)
+            if proc.returncode:
+                raise RuntimeError(f"{arm} {name} failed: {proc.stderr[-2000:]}")
+            fig = figures.setdefault(arm, {})[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+            print(f"  {arm} {name}: {fig['seconds']:.1f} s, {fig['tiles']} tiles of {fig['tile_size']} px, "
+                  f"tissue {fig['tissue_mm2']:.2f} mm², peak RSS {fig['peak_rss_mb']:.0f} MB, GeoJSON "
+                  f"{fig['geojson_mb']:.2f} MB, phases {fig['seconds_by_phase']}")
+        big, small = figures[arm]["big"], figures[arm]["small"]
+        ph = big["seconds_by_phase"]
+        figures[arm]["ratios"] = {
+            "mm2_per_s": big["tissue_mm2"] / big["seconds"],
+            "cost_ratio": (big["seconds"] / big["slide_px"]) / (small["seconds"] / small["slide_px"]),
+            "rss_ratio": big["peak_rss_mb"] / small["peak_rss_mb"],
+            "vector_share": (ph.get("vector", 0.0) + ph.get("write", 0.0)) / big["seconds"],
+        }
+        print(f"  {arm}: " + ", ".join(f"{k} {v:.3f}" for k, v in figures[arm]["ratios"].items()))
+    return figures
+
+
 def main() -> None:
     if len(sys.argv) == 4 and sys.argv[1] == "--rss-child":
         rss_child(Path(sys.argv[2]), Path(sys.argv[3]))
+        return
+    if len(sys.argv) == 6 and sys.argv[1] == "--real-child":
+        real_child(Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]), int(sys.argv[5]) or None)
         return
     p = base_parser("slide", __doc__.split("\n\n")[0])
     p.add_argument("--cell", type=int, default=320, help="layout cell of the throughput slide, px (8x8 cells)")
     p.add_argument("--rss-cell", type=int, default=512, help="layout cell of the small memory slide, px")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--part", choices=["both", "memory", "throughput"], default="both")
+    p.add_argument("--part", choices=["both", "memory", "throughput", "realsize"], default="both")
+    p.add_argument("--real-side", type=int, default=REAL_SIDE, help="side of the real-size slide, px at 0.5 µm/px")
+    p.add_argument("--real-tile", type=int, default=REAL_TILE, help="--tile-size of the `after` arm")
+    p.add_argument("--before-code", type=Path, default=None,
+                   help="a copy of an older commit's tree (git archive): adds the `before` arm")
+    p.add_argument("--real-timeout", type=float, default=3600, help="seconds per real-size run")
     args = p.parse_args()
     figures = {}
     with workdir(args.workdir) as work:
+        if args.part == "realsize":
+            print("real size:")
+            figures["realsize"] = realsize(args, work)
+            ratios = figures["realsize"]["after"]["ratios"]
+            for key in ("cost_ratio", "rss_ratio", "vector_share"):
+                print(f"{key}: {ratios[key]:.3f}")
+            finish("mm2_per_s", ratios["mm2_per_s"], figures, args)
+            return
         if args.part in ("both", "memory"):
             print("memory:")
             figures["memory"] = memory(args, work)

@@ -13,6 +13,7 @@ from construct import __version__
 from construct.data import SPLITS
 from construct.distill.config import ARCHS, ENCODERS, WEIGHTINGS
 from construct.errors import ConstructError
+from construct.slide.defaults import MIN_AREA_UM2, VECTOR_MPP
 from construct.store.in_memory import DEFAULT_MEMORY_GB
 
 RANDOM_WARNING = (
@@ -403,10 +404,17 @@ def refine(run, data, split, images, out, gate, pred_threshold, tta, crf, batch_
 @click.option("--mask-values", type=click.Choice(["dataset", "qupath"]), default="dataset", show_default=True,
               help="mask.ome.tif values: the dataset's mask indices, or 0 = background and classes 1..N "
                    "(QuPath, napari); mask_classes.csv says which.")
-@click.option("--overlap", type=int, default=None, help="Tile overlap in px at the model's resolution [default: a quarter tile].")
+@click.option("--overlap", type=int, default=None, help="Tile overlap in px at the model's resolution [default: a quarter of the training tile].")
+@click.option("--tile-size", type=int, default=None,
+              help="Window a student run reads, px at the model's resolution: larger windows mean fewer tiles and "
+                   "less overlap (a multiple of the student's stride) [default: the training tile].")
 @click.option("--tissue-threshold", type=float, default=None,
               help="Saturation above which a pixel is tissue (paler tissue touching it joins it; ink, edges and "
                    "glass never do) [default: Otsu, clamped].")
+@click.option("--vector-mpp", type=float, default=VECTOR_MPP, show_default=True,
+              help="µm/px the GeoJSON outlines are traced at (never finer than the model's).")
+@click.option("--min-area-um2", type=float, default=MIN_AREA_UM2, show_default=True,
+              help="GeoJSON regions and holes smaller than this are dropped (the mask keeps every pixel).")
 @click.option("--tta/--no-tta", default=False, show_default=True,
               help="Test-time augmentation: 6-way for a head run, flips for a student.")
 @click.option("--pred-threshold", type=float, default=0.5, show_default=True, help="Classifier probability that lets a class into a tile.")
@@ -417,8 +425,8 @@ def refine(run, data, split, images, out, gate, pred_threshold, tta, crf, batch_
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None, help="CONCH precision of a head run [default: the run's].")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @user_errors
-def slide(slides, run, out, mpp, slide_mpp, no_upsample, mask_values, overlap, tissue_threshold, tta, pred_threshold,
-          batch_size, head, conch, device, precision, quiet) -> None:
+def slide(slides, run, out, mpp, slide_mpp, no_upsample, mask_values, overlap, tile_size, tissue_threshold,
+          vector_mpp, min_area_um2, tta, pred_threshold, batch_size, head, conch, device, precision, quiet) -> None:
     """Segment whole slides (SVS, NDPI, MRXS, tiled TIFF; files, folders or a CSV with a `path` column).
 
     Writes OUT/<slide>/ mask.ome.tif (values in mask_classes.csv), annotations.geojson (QuPath), overlay.png,
@@ -432,14 +440,15 @@ def slide(slides, run, out, mpp, slide_mpp, no_upsample, mask_values, overlap, t
 
     paths = list_slides(list(slides))
     with session(device) as (world, dev):
-        model = load_predictor(run, tta=tta, device=str(dev), precision=precision, head=head, conch=conch)
+        model = load_predictor(run, tta=tta, device=str(dev), precision=precision, head=head, conch=conch,
+                               tile_size=tile_size)
         target = target_mpp(model, mpp)
         if world.is_main:
             warn_random(model.backbones.values())
         cfg = SlideConfig(out=out, target_mpp=target, slide_mpp=slide_mpp, no_upsample=no_upsample,
-                          mask_values=mask_values, overlap=overlap,
+                          mask_values=mask_values, overlap=model.default_overlap if overlap is None else overlap,
                           tissue_threshold=tissue_threshold, batch_size=batch_size, pred_threshold=pred_threshold,
-                          meta={"model": model.describe()})
+                          vector_mpp=vector_mpp, min_area_um2=min_area_um2, meta={"model": model.describe()})
         result = segment_slides(paths, cfg, model.predictor, progress=not quiet and world.is_main,
                                 echo=lambda line: click.echo(line, err=True), world=world)
     if not world.is_main:

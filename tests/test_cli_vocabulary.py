@@ -17,7 +17,7 @@ import construct.demo
 import construct.distill.config
 import construct.extract.config
 import construct.refine
-import construct.slide.model
+import construct.inference.factory
 import construct.train.config
 from construct.cli import main
 from construct.demo import DEMO_DEVICE, DemoConfig, _phases  # before the fixture stands in for DemoConfig
@@ -40,7 +40,7 @@ def settings(monkeypatch):
     """settings(args) → the keyword arguments the command handed to the library."""
     for module, name in ((construct.distill.config, "DistillConfig"), (construct.refine, "RefineConfig"),
                          (construct.extract.config, "ExtractConfig"), (construct.train.config, "resolve_config"),
-                         (construct.slide.model, "load_model"), (construct.demo, "DemoConfig")):
+                         (construct.inference.factory, "load_predictor"), (construct.demo, "DemoConfig")):
         monkeypatch.setattr(module, name, _capture)
 
     def run(args: list[str]) -> dict:

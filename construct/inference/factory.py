@@ -35,6 +35,7 @@ from construct.runtime import resolve_device
 from construct.student.io import load_student
 
 DEFAULT_PRECISION = "fp32"  # of runs whose store recorded none
+DEFAULT_STRIDE = 32  # smp encoders' output stride unless they say otherwise
 STUDENT_FLIP_VARIANTS = 2  # a student's TTA: the image and its horizontal flip
 
 
@@ -47,6 +48,7 @@ class PredictorOptions:
     precision: str | None = None  # head runs' CONCH forward, fp32 or bf16; None: the run's store's
     tta: bool | None = None  # None: 6-way for a head run, none for a student (True: + its flip)
     conch: str | None = None  # CONCH weights when not where the run recorded them (fingerprint-checked)
+    tile_size: int | None = None  # window side a student (fully convolutional) runs on; None: its training tile
 
 
 @dataclass
@@ -57,7 +59,8 @@ class LoadedModel:
     kind: str  # "head" or "student"
     meta: dict  # the run's config.json
     classes: ClassSet
-    tile_size: int  # px of the square tiles the predictor takes
+    tile_size: int  # px of the square tiles the predictor takes (a student's window may exceed its training tile)
+    trained_tile_size: int  # px of the training tiles
     mpp: float | None  # µm/px of the training tiles, when recorded (a student: its teacher's)
     random_weights: bool  # a backbone ran on random weights: the outputs are meaningless
     backbones: dict[str, BackboneRecipe]  # backbones run live (CONCH for a head run; none for a student)
@@ -72,6 +75,12 @@ class LoadedModel:
     @cached_property
     def predictor(self) -> Predictor:
         return self.build()
+
+    @property
+    def default_overlap(self) -> int:
+        """A quarter of the training tile, also for larger windows: the overlap hides the border where the
+        model lacks context, whose width is the model's, not the window's."""
+        return self.trained_tile_size // 4
 
     def describe(self) -> dict:
         """What slide summaries record of the model."""
@@ -121,7 +130,10 @@ def _head(run: Path, options: PredictorOptions, backbone: TapBackbone | None,
     precision = options.precision or str(preprocessing.get("precision", DEFAULT_PRECISION))
     tta = True if options.tta is None else options.tta
     variants = variants_for(tta)
-    tile_size = preprocessing["tile_size"]
+    tile_size = int(preprocessing["tile_size"])
+    if options.tile_size is not None and options.tile_size != tile_size:
+        raise ConstructError(f"--tile-size {options.tile_size}: a head run reads only its training tile ({tile_size} "
+                             f"px, CONCH's patch grid); larger windows need a student run (`construct distill`)")
     fingerprint = module_fingerprint(head)
     settings = {
         "head_fingerprint": fingerprint, "tta": [v.to_dict() for v in variants],
@@ -133,14 +145,20 @@ def _head(run: Path, options: PredictorOptions, backbone: TapBackbone | None,
         conch = load_conch(recipe, options.conch, backbone)
         return HeadPredictor(conch, head, classes, tile_size, variants, precision, resolve_device(options.device))
 
-    return LoadedModel(run, "head", meta, classes, tile_size, run_mpp(meta),
+    return LoadedModel(run, "head", meta, classes, tile_size, tile_size, run_mpp(meta),
                        bool(recipe.random_weights or meta["store"].get("random_weights", False)),
                        {"conch": recipe}, fingerprint, tta, True, len(variants), settings, options, build)
 
 
 def _student(run: Path, options: PredictorOptions) -> LoadedModel:
     student, meta = load_student(run, options.head)
-    classes, tile_size = ClassSet.from_dict(meta["classes"]), int(meta["tile_size"])
+    classes, trained = ClassSet.from_dict(meta["classes"]), int(meta["tile_size"])
+    tile_size = options.tile_size or trained
+    if options.tile_size is not None:
+        stride = student_stride(student)
+        if tile_size < trained or tile_size % stride:
+            raise ConstructError(f"--tile-size {tile_size}: expected a multiple of {stride} px (the student's "
+                                 f"stride), at least its training tile ({trained} px)")
     tta = bool(options.tta)
     fingerprint = module_fingerprint(student)
     try:  # the student learnt from its teacher's tiles
@@ -151,6 +169,11 @@ def _student(run: Path, options: PredictorOptions) -> LoadedModel:
     def build() -> Predictor:
         return StudentPredictor(student, classes, tile_size, flip_tta=tta, device=resolve_device(options.device))
 
-    return LoadedModel(run, STUDENT_KIND, meta, classes, tile_size, mpp, bool(meta.get("random_weights", False)),
+    return LoadedModel(run, STUDENT_KIND, meta, classes, tile_size, trained, mpp, bool(meta.get("random_weights", False)),
                        {}, fingerprint, tta, False, STUDENT_FLIP_VARIANTS if tta else 1,
                        {"student_fingerprint": fingerprint, "flip_tta": tta}, options, build)
+
+
+def student_stride(student) -> int:
+    """The factor a student's input sides must be a multiple of (its encoder's output stride)."""
+    return int(getattr(student.net.encoder, "output_stride", DEFAULT_STRIDE))

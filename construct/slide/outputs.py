@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ import zarr
 from PIL import Image, ImageDraw
 
 from construct.data.classes import ClassSet
-from construct.slide.vectorize import class_geometries
+from construct.slide.vectorize import polygons, trace
 
 OME_TILE = 256
 PYRAMID_MIN_SIDE = 512  # halve until the longest side is at most this
@@ -69,26 +70,70 @@ def write_ome_tiff(path: Path, levels: list[zarr.Array], mpp: float, name: str, 
                       subfiletype=1 if k else 0, metadata=meta)
 
 
-def geojson(labels: zarr.Array, classes: ClassSet, scale: float) -> dict:
-    """QuPath FeatureCollection: one annotation per class present, in level-0 pixel coordinates."""
+def vector_factor(vector_mpp: float, model_mpp: float) -> int:
+    """Label pixels per traced pixel side: `vector_mpp` rounded to a whole multiple of the model's
+    resolution, never finer than it."""
+    return max(1, round(vector_mpp / model_mpp))
+
+
+def qupath_offset(properties) -> tuple[float, float]:
+    """Level-0 px that QuPath's frame starts at: OpenSlide's bounds (MRXS and other slides with a scanned
+    area smaller than the image; QuPath crops to them), else the image's corner."""
+    return (float(properties.get("openslide.bounds-x") or 0), float(properties.get("openslide.bounds-y") or 0))
+
+
+def _polygon_json(poly) -> str:
+    """A polygon's GeoJSON coordinates, compact: exterior then holes, integer level-0 px."""
+    rings = [poly.exterior, *poly.interiors]
+    return json.dumps([np.rint(np.asarray(r.coords)).astype(np.int64).tolist() for r in rings],
+                      separators=(",", ":"))
+
+
+def write_geojson(path: Path, labels: zarr.Array, classes: ClassSet, scale: float, factor: int,
+                  offset: tuple[float, float], min_area_px: float, scratch: Path) -> dict[str, int]:
+    """annotations.geojson: a QuPath FeatureCollection with one annotation per class present, whose
+    (Multi)Polygon holds that class's regions in level-0 px of the slide, in QuPath's frame (`offset`
+    subtracted). `scale` is level-0 px per label px, `factor` label px per traced px, `min_area_px` in traced
+    px². Each region is written to its class's part file in `scratch` as soon as it is traced; the parts
+    are then copied into the file in turn, so neither the file nor the slide's geometry is ever held whole.
+    Returns the number of polygons per class name."""
     import shapely
     from shapely import affinity
 
-    geoms = class_geometries(labels, [c.mask_index for c in classes.classes])
-    features = []
-    for c in classes.classes:
-        geom = geoms[c.mask_index]
-        if geom.is_empty:
-            continue
-        geom = affinity.scale(geom, xfact=scale, yfact=scale, origin=(0, 0))
-        features.append({
-            "type": "Feature",
-            "geometry": shapely.geometry.mapping(geom),
-            "properties": {"objectType": "annotation", "name": c.full_name,
-                           "classification": {"name": c.full_name, "color": list(c.color)},
-                           "construct_class": c.name},
-        })
-    return {"type": "FeatureCollection", "features": features}
+    scratch.mkdir(parents=True, exist_ok=True)
+    by_index = {c.mask_index: c for c in classes.classes}
+    parts = {i: (scratch / f"class{i}.part").open("w", encoding="utf-8") for i in by_index}
+    counts = dict.fromkeys(by_index, 0)
+    k = factor * scale
+
+    def emit(value: int, poly) -> None:
+        poly = affinity.affine_transform(poly, [k, 0, 0, k, -offset[0], -offset[1]])
+        for p in polygons(shapely.set_precision(poly, 1.0)):  # whole level-0 px; stays valid
+            parts[value].write(("," if counts[value] else "") + _polygon_json(p))
+            counts[value] += 1
+
+    try:
+        trace(labels, list(by_index), factor, min_area_px, emit)
+    finally:
+        for f in parts.values():
+            f.close()
+    with path.open("w", encoding="utf-8") as out:
+        out.write('{"type":"FeatureCollection","features":[')
+        first = True
+        for c in classes.classes:
+            n = counts[c.mask_index]
+            if not n:
+                continue
+            kind, opening, closing = ("Polygon", "", "") if n == 1 else ("MultiPolygon", "[", "]")
+            out.write(("" if first else ",") + f'{{"type":"Feature","geometry":{{"type":"{kind}","coordinates":{opening}')
+            with (scratch / f"class{c.mask_index}.part").open(encoding="utf-8") as part:
+                shutil.copyfileobj(part, out)
+            props = {"objectType": "annotation", "name": c.full_name,
+                     "classification": {"name": c.full_name, "color": list(c.color)}, "construct_class": c.name}
+            out.write(f"{closing}}},\"properties\":{json.dumps(props, separators=(',', ':'))}}}")
+            first = False
+        out.write("]}\n")
+    return {by_index[i].name: n for i, n in counts.items()}
 
 
 def overlay(thumbnail: np.ndarray, labels_small: np.ndarray, classes: ClassSet, percents: dict[str, float]) -> Image.Image:

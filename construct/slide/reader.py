@@ -22,6 +22,7 @@ GLASS_RGB = (255, 255, 255)  # what transparent (unscanned) slide areas are comp
 MPP_RANGE = (0.05, 20.0)  # µm/px a scan can have (beyond a 100x objective to a 0.5x overview); 72 dpi is 352.8
 MPP_XY_TOLERANCE = 0.01  # mpp-x and mpp-y further apart than this are reported
 LEVEL_TOLERANCE = 0.01  # vendors round level downsamples (Aperio: 4.0003 for 4); a level this close serves
+THUMB_READ_SIDE = 2048  # px per side of one thumbnail read, at the level read (16 MB of RGBA)
 
 
 @dataclass
@@ -63,17 +64,22 @@ class Slide:
             rgb = rgb.resize((out_w, out_h), Image.Resampling.BILINEAR)
         return np.asarray(rgb)
 
-    def thumbnail(self, downsample: float, strip_rows: int = 256) -> np.ndarray:
-        """The whole slide at `downsample` (level-0 px per output px), read in strips so memory stays
-        bounded even for a slide without a pyramid."""
+    def thumbnail(self, downsample: float) -> np.ndarray:
+        """The whole slide at `downsample` (level-0 px per output px), read region by region, each region
+        at most THUMB_READ_SIDE px a side at the level it is read from: memory stays bounded by the output,
+        even for a slide without a pyramid, whose every region comes from level 0."""
         w0, h0 = self.dimensions
         out_w, out_h = max(1, math.ceil(w0 / downsample)), max(1, math.ceil(h0 / downsample))
-        rows = []
-        for r in range(0, out_h, strip_rows):
-            n = min(strip_rows, out_h - r)
-            y0 = r * downsample
-            rows.append(self.read(0, y0, w0, min(n * downsample, h0 - y0), out_w, n))
-        return np.concatenate(rows, axis=0)
+        level = self.handle.get_best_level_for_downsample(downsample * (1 + 1e-6))
+        step = max(1, int(THUMB_READ_SIDE * self.handle.level_downsamples[level] / downsample))  # output px
+        out = np.empty((out_h, out_w, 3), np.uint8)
+        for r in range(0, out_h, step):
+            for c in range(0, out_w, step):
+                h, w = min(step, out_h - r), min(step, out_w - c)
+                x0, y0 = c * downsample, r * downsample
+                out[r:r + h, c:c + w] = self.read(x0, y0, min(w * downsample, w0 - x0),
+                                                  min(h * downsample, h0 - y0), w, h)
+        return out
 
 
 def best_level(downsamples: Sequence[float], wanted: float) -> int:

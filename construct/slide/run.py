@@ -25,6 +25,8 @@ from construct.inference.pipeline import run_inference
 from construct.slide.grid import make_grid
 from construct.slide.maskvalues import MASK_VALUES
 from construct.slide.memory import pin_mmap_threshold
+from construct.slide.defaults import MIN_AREA_UM2, VECTOR_MPP
+from construct.slide.phases import Phases, TimedPredictor
 from construct.slide.reader import MPP_RANGE, Slide, open_slide
 from construct.slide.sink import UNCLASSIFIED, StitchedSlideSink
 from construct.slide.source import SlideTileSource
@@ -48,6 +50,8 @@ class SlideConfig:
     pred_threshold: float = 0.5
     no_upsample: bool = False  # refuse slides coarser than the model instead of upsampling them
     mask_values: str = "dataset"  # one of maskvalues.MASK_VALUES
+    vector_mpp: float = VECTOR_MPP  # µm/px the GeoJSON is traced at (never finer than target_mpp)
+    min_area_um2: float = MIN_AREA_UM2  # GeoJSON regions and holes smaller than this are dropped
     meta: dict = field(default_factory=dict)  # recorded in every summary.json (model, settings)
 
 
@@ -78,6 +82,10 @@ def check_config(cfg: SlideConfig, tile: int) -> None:
         raise ConstructError(f"--pred-threshold {cfg.pred_threshold}: expected a probability in [0, 1]")
     if cfg.batch_size < 1:
         raise ConstructError("--batch-size must be at least 1")
+    if not cfg.vector_mpp > 0:
+        raise ConstructError(f"--vector-mpp {cfg.vector_mpp}: expected micrometres per pixel, above 0")
+    if not cfg.min_area_um2 >= 0:
+        raise ConstructError(f"--min-area-um2 {cfg.min_area_um2}: expected an area in µm², 0 or more")
 
 
 def list_slides(inputs: list[Path]) -> list[Path]:
@@ -127,6 +135,7 @@ def segment_slide(path: Path, cfg: SlideConfig, predictor: Predictor, progress: 
     work = cfg.out / WORK_DIR / path.stem
     shutil.rmtree(work, ignore_errors=True)  # a killed run's scratch: start the slide again cleanly
     slide = None
+    phases = Phases()
     try:
         slide = open_slide(path, cfg.slide_mpp)
         check_upsampling(slide, cfg.target_mpp, cfg.no_upsample)
@@ -135,13 +144,16 @@ def segment_slide(path: Path, cfg: SlideConfig, predictor: Predictor, progress: 
         tile = predictor.tile_size
         overlap = tile // 4 if cfg.overlap is None else cfg.overlap
         grid = make_grid(slide.dimensions, slide.mpp, cfg.target_mpp, tile, overlap)
-        d = tissue_downsample(slide.dimensions, slide.mpp)
-        tissue = detect_tissue(slide.thumbnail(d), d, slide.mpp, cfg.tissue_threshold)
-        origins = grid.tissue_tiles(tissue)
+        with phases.time("tissue"):
+            d = tissue_downsample(slide.dimensions, slide.mpp)
+            tissue = detect_tissue(slide.thumbnail(d), d, slide.mpp, cfg.tissue_threshold)
+            origins = grid.tissue_tiles(tissue)
         sink = StitchedSlideSink(out_dir, work, slide, grid, tissue, origins, predictor.classes, cfg.target_mpp,
-                                 {**cfg.meta, "gate": GATE}, cfg.mask_values)
+                                 {**cfg.meta, "gate": GATE}, cfg.mask_values, cfg.vector_mpp, cfg.min_area_um2,
+                                 phases)
         # Argmax, not the CRF: blending overlapping tiles' soft scores is what decides a slide's labels.
-        run_inference(SlideTileSource(slide, grid, origins), predictor, [sink], GATE, crf=False,
+        run_inference(SlideTileSource(slide, grid, origins, phases), TimedPredictor(predictor, phases), [sink],
+                      GATE, crf=False,
                       batch_size=cfg.batch_size, pred_threshold=cfg.pred_threshold, progress=progress,
                       desc=path.stem)
         summary = sink.written

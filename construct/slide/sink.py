@@ -10,7 +10,6 @@ which the next run removes before starting that slide again.
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +17,20 @@ import numpy as np
 from construct.data.classes import ClassSet
 from construct.data.sources import Tile
 from construct.head.scores import mask_index_lut
+from construct.slide.defaults import MIN_AREA_UM2, VECTOR_MPP
 from construct.slide.grid import Grid, blend_window
 from construct.slide.maskvalues import mask_table, mask_value_lut
-from construct.slide.outputs import OVERLAY_SIDE, geojson, overlay, pyramid, write_json, write_ome_tiff
+from construct.slide.outputs import (
+    OVERLAY_SIDE,
+    overlay,
+    pyramid,
+    qupath_offset,
+    vector_factor,
+    write_geojson,
+    write_json,
+    write_ome_tiff,
+)
+from construct.slide.phases import Phases
 from construct.slide.reader import Slide
 from construct.slide.stitch import Stitcher
 from construct.slide.tissue import TissueMask, tissue_preview
@@ -31,18 +41,22 @@ UNCLASSIFIED = "unclassified"  # tissue no class claimed (the background channel
 class StitchedSlideSink:
     def __init__(self, out_dir: Path, work_dir: Path, slide: Slide, grid: Grid, tissue: TissueMask,
                  origins: list[tuple[int, int]], classes: ClassSet, target_mpp: float, meta: dict,
-                 mask_values: str = "dataset"):
+                 mask_values: str = "dataset", vector_mpp: float = VECTOR_MPP, min_area_um2: float = MIN_AREA_UM2,
+                 phases: Phases | None = None):
         self.out_dir, self.work_dir = Path(out_dir), Path(work_dir)
         self.slide, self.grid, self.tissue, self.classes = slide, grid, tissue, classes
         self.target_mpp = target_mpp
         self.meta = meta
         self.mask_values = mask_values
+        self.vector_factor = vector_factor(vector_mpp, target_mpp)
+        self.min_area_um2 = min_area_um2
+        self.phases = phases or Phases()
+        self.polygons: dict[str, int] = {}
         self.n_tiles = len(origins)
         self.window = blend_window(grid.tile, grid.overlap)
         self.lut = mask_index_lut(classes)
         self.counts = np.zeros(256, np.int64)  # grid pixels per mask index, inside tissue
         self.tissue_px = 0
-        self.start = time.perf_counter()
         self.written: dict | None = None  # the summary, once close() has moved the outputs into place
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.stitcher = Stitcher(self.work_dir, len(classes) + 1, grid.height, grid.width, grid.tile, origins,
@@ -54,7 +68,8 @@ class StitchedSlideSink:
 
     def write(self, tile: Tile, scores: np.ndarray, labels: np.ndarray) -> None:
         x, y = tile.origin
-        self.stitcher.add(x, y, scores * self.window)
+        with self.phases.time("stitch"):
+            self.stitcher.add(x, y, scores * self.window)
 
     def _tissue_block(self, r0: int, c0: int, h: int, w: int) -> np.ndarray:
         """Tissue mask at the grid pixels of a block (nearest: each grid pixel's centre)."""
@@ -92,30 +107,42 @@ class StitchedSlideSink:
             "background_in_tissue_mm2": round(background * px_mm2, 6),
             UNCLASSIFIED: share(background),  # with the classes, 100% of the tissue
             "mask_values": self.mask_values, "warnings": list(self.slide.warnings),
-            "seconds": round(time.perf_counter() - self.start, 3), **self.meta,
+            "vector": {"mpp": self.vector_factor * self.target_mpp, "min_area_um2": self.min_area_um2,
+                       "qupath_offset": list(qupath_offset(self.slide.handle.properties)),
+                       "polygons": self.polygons},
+            "seconds": round(self.phases.elapsed(), 3), "seconds_by_phase": self.phases.record(), **self.meta,
         }
 
     def close(self) -> None:
         """Write every output into scratch, then move the folder into place; `written` is the summary."""
-        self.stitcher.close()
+        with self.phases.time("stitch"):
+            self.stitcher.close()
         staging = self.work_dir / "out"
         staging.mkdir()
         labels = self.stitcher.labels
-        levels = pyramid(labels, self.work_dir)
         name = self.out_dir.name
         values = mask_value_lut(self.classes, self.mask_values)
-        write_ome_tiff(staging / "mask.ome.tif", levels, self.target_mpp, name, values)
-        (staging / "mask_classes.csv").write_text(mask_table(self.classes, values), encoding="utf-8")
-        write_json(staging / "annotations.geojson", geojson(labels, self.classes, self.grid.scale))
-        tissue_preview(self.tissue).save(staging / "tissue.png")
-        summary = self.summary()
-        percents = {k: v["percent_tissue"] for k, v in summary["classes"].items()}
-        percents[UNCLASSIFIED] = summary[UNCLASSIFIED]["percent_tissue"]
-        w0, h0 = self.slide.dimensions
-        thumb = self.slide.thumbnail(max(1.0, max(w0, h0) / OVERLAY_SIDE))
-        # Fast deflate: a noisy 1024 px thumbnail at the default level costs a second, for 10% less size.
-        overlay(thumb, np.asarray(levels[-1][:]), self.classes, percents).save(staging / "overlay.png", compress_level=1)
-        summary["seconds"] = round(time.perf_counter() - self.start, 3)
+        with self.phases.time("write"):
+            levels = pyramid(labels, self.work_dir)
+            write_ome_tiff(staging / "mask.ome.tif", levels, self.target_mpp, name, values)
+            (staging / "mask_classes.csv").write_text(mask_table(self.classes, values), encoding="utf-8")
+        with self.phases.time("vector"):
+            traced_mpp = self.vector_factor * self.target_mpp
+            self.polygons = write_geojson(staging / "annotations.geojson", labels, self.classes, self.grid.scale,
+                                          self.vector_factor, qupath_offset(self.slide.handle.properties),
+                                          self.min_area_um2 / traced_mpp ** 2, self.work_dir / "vector")
+        with self.phases.time("write"):
+            tissue_preview(self.tissue).save(staging / "tissue.png")
+            summary = self.summary()
+            percents = {k: v["percent_tissue"] for k, v in summary["classes"].items()}
+            percents[UNCLASSIFIED] = summary[UNCLASSIFIED]["percent_tissue"]
+            w0, h0 = self.slide.dimensions
+            thumb = self.slide.thumbnail(max(1.0, max(w0, h0) / OVERLAY_SIDE))
+            # Fast deflate: a noisy 1024 px thumbnail at the default level costs a second, for 10% less size.
+            overlay(thumb, np.asarray(levels[-1][:]), self.classes, percents).save(staging / "overlay.png",
+                                                                                   compress_level=1)
+        summary["seconds"] = round(self.phases.elapsed(), 3)
+        summary["seconds_by_phase"] = self.phases.record()
         write_json(staging / "summary.json", summary)
         os.replace(staging, self.out_dir)
         self.written = summary

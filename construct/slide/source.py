@@ -12,6 +12,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from construct.data.sources import Tile
 from construct.slide.grid import Grid
+from construct.slide.phases import Phases
 from construct.slide.reader import Slide
 
 READ_THREADS = 2
@@ -23,10 +24,11 @@ def tile_stem(x: int, y: int) -> str:
 
 
 class SlideTileSource:
-    def __init__(self, slide: Slide, grid: Grid, origins: list[tuple[int, int]]):
+    def __init__(self, slide: Slide, grid: Grid, origins: list[tuple[int, int]], phases: Phases | None = None):
         self.slide = slide
         self.grid = grid
         self.origins = origins
+        self.phases = phases  # bills the time spent waiting for tiles to `read`
 
     def __len__(self) -> int:
         return len(self.origins)
@@ -45,7 +47,13 @@ class SlideTileSource:
             for chunk in chunks:
                 pending.append([pool.submit(self.read_tile, x, y) for x, y in chunk])
                 if len(pending) > PREFETCH_BATCHES:
-                    yield [f.result() for f in pending.popleft()]
+                    yield self._wait(pending.popleft())
             while pending:
-                yield [f.result() for f in pending.popleft()]
+                yield self._wait(pending.popleft())
+
+    def _wait(self, futures: list[Future]) -> list[Tile]:
+        if self.phases is None:
+            return [f.result() for f in futures]
+        with self.phases.time("read"):
+            return [f.result() for f in futures]
 

@@ -159,3 +159,17 @@ def test_a_student_run_segments_a_slide(student_run, synth_slide, tmp_path):
     from construct.inference.factory import load_predictor
 
     assert load_predictor(student_run.run).mpp == 0.25  # the teacher's training tiles'
+
+
+def test_a_student_reads_larger_windows_and_a_head_run_refuses_them(student_run, tiny_run, synth_slide, tmp_path):
+    out = tmp_path / "out"
+    base = ["slide", str(synth_slide.path), "--out", str(out), "--batch-size", "2", "--quiet", "--mpp", "2.0"]
+    result = CliRunner().invoke(main, [*base, "--run", str(student_run.run), "--tile-size", "320"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "synthetic" / "summary.json").read_text())
+    assert summary["tile_size"] == 320 and summary["overlap"] == 56  # a quarter of the 224 px training tile
+    for run, size, needle in ((student_run.run, "300", "multiple of 32"), (student_run.run, "160", "at least"),
+                              (tiny_run.run, "320", "a head run reads only its training tile")):
+        bad = CliRunner().invoke(main, [*base, "--run", str(run), "--tile-size", size])
+        assert bad.exit_code == 1 and f"--tile-size {size}" in bad.stderr and needle in bad.stderr, bad.output
+        assert "Traceback" not in bad.output and len(bad.stderr.strip().splitlines()) == 1

@@ -9,12 +9,12 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 import shapely
+import shapely.affinity
 import tifffile
 from shapely.geometry import shape
 
 from construct.data.classes import BCSS
 from construct.slide.run import SlideConfig, segment_slides
-
 from construct.slide.synthetic import ColourPredictor
 
 from .helpers import grid_truth
@@ -88,8 +88,9 @@ def test_geojson_is_valid_and_matches_the_mask(segmented):
         assert props["classification"]["color"] == list(c.color)
         geom = shape(feature["geometry"])
         assert geom.is_valid and geom.geom_type in ("Polygon", "MultiPolygon")
-        # Level-0 coordinates: two level-0 px per grid px.
-        assert geom.area / 4 == pytest.approx((levels[0] == c.mask_index).sum(), rel=0.01)
+        # Level-0 coordinates: two level-0 px per grid px. Traced at 2 µm/px and simplified within one traced
+        # px, the outline may cut a 2 µm band's worth of corners off these 128 µm blocks: a few percent.
+        assert geom.area / 4 == pytest.approx((levels[0] == c.mask_index).sum(), rel=0.03)
         names.append(c.name)
     assert names == ["TUM", "STR", "LYM", "NEC"]
     tumour = shape(collection["features"][0]["geometry"])
@@ -168,3 +169,51 @@ def test_qupath_mask_values_and_their_table(unclassified, segmented, synth_slide
     table = list(csv.DictReader((default / "mask_classes.csv").open()))
     assert [(int(r["value"]), r["class"]) for r in table] == [(0, "TUM"), (1, "STR"), (2, "LYM"), (3, "NEC"),
                                                                (4, "background")]
+
+
+def test_summary_records_seconds_by_phase(segmented):
+    from construct.slide.phases import PHASES
+
+    folder, _, _ = segmented
+    on_disk = json.loads((folder / "summary.json").read_text())
+    phases = on_disk["seconds_by_phase"]
+    assert set(PHASES) <= set(phases) and all(v >= 0 for v in phases.values())
+    assert phases["model"] > 0 and phases["vector"] > 0 and phases["write"] > 0 and phases["tissue"] > 0
+    assert sum(phases.values()) == pytest.approx(on_disk["seconds"], abs=0.05)
+
+
+class _BoundsHandle:
+    """An OpenSlide handle that reports a scanned area starting at (BX, BY), as MRXS slides do."""
+
+    def __init__(self, handle, bounds):
+        self._handle = handle
+        self.properties = {**handle.properties, "openslide.bounds-x": str(bounds[0]),
+                           "openslide.bounds-y": str(bounds[1])}
+
+    def __getattr__(self, name):
+        return getattr(self._handle, name)
+
+
+def test_geojson_lands_in_qupaths_frame_for_slides_with_bounds(segmented, synth_slide, tmp_path, monkeypatch):
+    from construct.slide import run
+    from construct.slide.reader import open_slide
+
+    bounds = (1000, 300)
+
+    def with_bounds(path, slide_mpp=None):
+        slide = open_slide(path, slide_mpp)
+        slide.handle = _BoundsHandle(slide.handle, bounds)
+        return slide
+
+    monkeypatch.setattr(run, "open_slide", with_bounds)
+    result = segment_slides([synth_slide.path], SlideConfig(out=tmp_path, target_mpp=MPP, batch_size=8),
+                            ColourPredictor(), progress=False)
+    assert not result.failed
+    folder, _, _ = segmented
+    plain = json.loads((folder / "annotations.geojson").read_text())["features"]
+    moved = json.loads((tmp_path / synth_slide.path.stem / "annotations.geojson").read_text())["features"]
+    assert len(plain) == len(moved)
+    for a, b in zip(plain, moved):
+        assert shapely.equals(shapely.affinity.translate(shape(a["geometry"]), -bounds[0], -bounds[1]),
+                              shape(b["geometry"]))
+    assert result.done[0]["vector"]["qupath_offset"] == list(bounds)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 import pytest
 
@@ -62,3 +64,38 @@ def test_glass_has_no_tissue_and_threshold_overrides(tmp_path):
 def test_otsu_splits_two_populations():
     values = np.concatenate([np.full(100, 0.02), np.full(60, 0.4)])
     assert 0.02 < otsu(values) <= 0.4
+
+
+class _FlatHandle:
+    """A slide without a pyramid (one level), 20,000 x 12,000 px of a horizontal gradient; records reads."""
+
+    dimensions = (20000, 12000)
+    level_downsamples = (1.0,)
+    properties: ClassVar[dict] = {}
+
+    def __init__(self):
+        self.reads: list[tuple[int, int]] = []
+
+    def get_best_level_for_downsample(self, downsample):
+        return 0
+
+    def read_region(self, location, level, size):
+        from PIL import Image
+
+        self.reads.append(size)
+        x = (np.arange(location[0], location[0] + size[0]) * 255 // self.dimensions[0]).astype(np.uint8)
+        rgba = np.empty((size[1], size[0], 4), np.uint8)
+        rgba[..., :3] = x[None, :, None]
+        rgba[..., 3] = 255
+        return Image.fromarray(rgba, "RGBA")
+
+
+def test_thumbnail_of_a_slide_without_pyramid_reads_bounded_regions(tmp_path):
+    from construct.slide.reader import THUMB_READ_SIDE, Slide
+
+    handle = _FlatHandle()
+    thumb = Slide(tmp_path / "flat.tif", handle, 0.25, "metadata").thumbnail(100.0)
+    assert thumb.shape == (120, 200, 3)
+    assert max(w * h for w, h in handle.reads) <= THUMB_READ_SIDE ** 2  # never a whole strip of level 0
+    expected = (np.arange(200) * 100 + 50) * 255 // 20000
+    assert np.abs(thumb[60, :, 0].astype(int) - expected).max() <= 2

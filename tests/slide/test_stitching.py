@@ -1,16 +1,14 @@
-"""Tiling, the blending window, block stitching in bounded memory, and polygons from labels."""
+"""Tiling, the blending window, block stitching in bounded memory."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-import shapely
 
 from construct.errors import ConstructError
 from construct.slide.grid import Grid, blend_window, make_grid
 from construct.slide.stitch import Stitcher
 from construct.slide.tissue import TissueMask
-from construct.slide.vectorize import class_geometries, mask_geometry
 
 
 def test_grid_covers_every_pixel_and_keeps_tissue_tiles_only():
@@ -78,16 +76,3 @@ def test_stitching_equals_direct_sum_whatever_the_memory(tmp_path):
     tight, b = _stitch(tmp_path / "b", origins, tiles, max_blocks=3)
     assert np.array_equal(roomy, expected) and np.array_equal(tight, expected)
     assert b.peak_open <= 3 < a.peak_open and b.spilled == set() and not b.open
-
-
-def test_polygons_are_the_pixels_with_holes():
-    m = np.zeros((50, 60), bool)
-    m[5:45, 5:55] = True
-    m[20:30, 20:30] = False
-    m[0:3, 57:60] = True  # a second part
-    g = mask_geometry(m)
-    assert g.is_valid and g.area == m.sum() and g.geom_type == "MultiPolygon"
-    labels = np.where(m, 1, 0).astype(np.uint8)
-    geoms = class_geometries(labels, [0, 1], block=16)  # polygons cross block borders
-    assert shapely.get_num_interior_rings(max(geoms[1].geoms, key=lambda p: p.area)) == 1
-    assert geoms[1].area == pytest.approx(m.sum(), rel=0.01) and geoms[0].area == pytest.approx((~m).sum(), rel=0.01)
