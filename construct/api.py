@@ -33,6 +33,7 @@ from construct.inference.pipeline import run_inference
 from construct.inference.sinks import MemorySink
 from construct.refine.config import DEFAULT_PRED_THRESHOLD, RefineConfig
 from construct.refine.pipeline import RefineResult, refine
+from construct.slide.defaults import MIN_AREA_UM2, VECTOR_MPP
 from construct.slide.model import target_mpp
 from construct.slide.run import SlideConfig, segment_slides
 
@@ -122,14 +123,19 @@ class Segmenter:
     def segment_slide(self, path: str | Path, out: str | Path, mpp: float | None = None,
                       slide_mpp: float | None = None, overlap: int | None = None,
                       tissue_threshold: float | None = None, batch_size: int = 16,
-                      pred_threshold: float = DEFAULT_PRED_THRESHOLD, progress: bool = True) -> dict:
+                      pred_threshold: float = DEFAULT_PRED_THRESHOLD, no_upsample: bool = False,
+                      mask_values: str = "dataset", vector_mpp: float = VECTOR_MPP,
+                      min_area_um2: float = MIN_AREA_UM2, progress: bool = True) -> dict:
         """`construct slide PATH --out OUT`: `OUT/<slide stem>/` (mask.ome.tif, annotations.geojson,
         overlay.png, tissue.png, summary.json) and `OUT/summary.csv`; returns the slide's summary.json.
         A slide finished before is not redone. mpp: µm/px to tile at (default the run's, `self.mpp`);
-        slide_mpp: the slide's own, for files that record none."""
+        slide_mpp: the slide's own level-0 µm/px, overriding its metadata. The other arguments are those of
+        `construct slide` (overlap: default a quarter of the training tile)."""
         cfg = SlideConfig(out=Path(out), target_mpp=target_mpp(self.model, mpp), slide_mpp=slide_mpp,
-                          overlap=overlap, tissue_threshold=tissue_threshold, batch_size=batch_size,
-                          pred_threshold=pred_threshold, meta={"model": self.model.describe()})
+                          no_upsample=no_upsample, mask_values=mask_values,
+                          overlap=self.model.default_overlap if overlap is None else overlap,
+                          tissue_threshold=tissue_threshold, batch_size=batch_size, pred_threshold=pred_threshold,
+                          vector_mpp=vector_mpp, min_area_um2=min_area_um2, meta={"model": self.model.describe()})
         result = segment_slides([Path(path)], cfg, self.predictor, progress=progress, echo=lambda line: None)
         if result.failed:
             raise ConstructError(result.failed[0][1])
@@ -169,7 +175,7 @@ class Segmenter:
 
 
 def load(run: str | Path, head: str = "best", device: str = "auto", precision: str | None = None,
-         tta: bool | None = None, conch: str | None = None) -> Segmenter:
+         tta: bool | None = None, conch: str | None = None, tile_size: int | None = None) -> Segmenter:
     """Load a run folder for segmentation: a head run (`construct train`, live CONCH + the head) or a
     student run (`construct distill`, the student network alone).
 
@@ -179,6 +185,8 @@ def load(run: str | Path, head: str = "best", device: str = "auto", precision: s
     tta: None: the run's refine default (6-way for a head run, none for a student); `construct slide`
         runs without TTA unless asked, so pass tta=False for its outputs.
     conch: CONCH weights when not where the run recorded them (fingerprint-checked).
+    tile_size: the window a student run reads slides in (a multiple of its stride; `construct slide
+        --tile-size`); None: its training tile.
     """
     return Segmenter(load_predictor(run, PredictorOptions(head=head, device=device, precision=precision, tta=tta,
-                                                          conch=conch)))
+                                                          conch=conch, tile_size=tile_size)))
