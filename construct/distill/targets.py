@@ -24,6 +24,8 @@ from construct.inference.runs import head_run_meta, load_conch
 from construct.inference.score_store import ScoreStore, ScoreStoreSink
 from construct.inference.tta import variants_for
 from construct.runtime import resolve_device
+from construct.stain.predictor import with_stain_norm
+from construct.stain.runs import file_batches, fit_input, spread
 from construct.store.feature_store import dataset_fingerprint
 
 TARGETS_DIR = "targets"
@@ -78,7 +80,11 @@ def make_targets(cfg: DistillConfig, source: SampleSource, conch: TapBackbone | 
         "gate": "labels", "tta": [v.to_dict() for v in variants], "crf": dict(CRF_PARAMS) if cfg.crf else None,
         "precision": precision, "tile_size": prep["tile_size"],
     }
-    path = Path(cfg.run) / TARGETS_DIR / f"{fp[:16]}.zarr"
+    name = fp[:16]
+    if cfg.stain_norm != "none":  # targets of un-normalised tiles keep the name they had before stain work
+        compat["stain_norm"] = cfg.stain_norm
+        name += f"-{cfg.stain_norm}"
+    path = Path(cfg.run) / TARGETS_DIR / f"{name}.zarr"
     store = ScoreStore.open_or_create(path, [s.image_id for s in source.samples], len(classes),
                                       prep["tile_size"], compat)
     if store.complete:
@@ -86,7 +92,10 @@ def make_targets(cfg: DistillConfig, source: SampleSource, conch: TapBackbone | 
     conch = load_conch(recipes["conch"], cfg.conch, conch)
     predictor = HeadPredictor(conch, head, classes, prep["tile_size"], variants, precision,
                               resolve_device(cfg.device))
-    run_inference(source, predictor, [ScoreStoreSink(store)], "labels", crf=cfg.crf,
+    normalizer, _ = fit_input(cfg.stain_norm, Path(cfg.run),
+                              file_batches([s.image_path for s in spread(source.samples)], prep["tile_size"]),
+                              f"train split of {cfg.data}")
+    run_inference(source, with_stain_norm(predictor, normalizer), [ScoreStoreSink(store)], "labels", crf=cfg.crf,
                   batch_size=cfg.target_batch_size, workers=cfg.target_workers, progress=progress,
                   total=int((~store.done_mask()).sum()), desc="teacher targets")
     return store

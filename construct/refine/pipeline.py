@@ -35,6 +35,9 @@ from construct.inference.student import StudentPredictor
 from construct.inference.tta import variants_for
 from construct.refine.config import GATES, HEADS, PRECISIONS, REFINE_META, SCORES_DIR, RefineConfig
 from construct.runtime import resolve_device
+from construct.stain.normalize import check_method
+from construct.stain.predictor import with_stain_norm
+from construct.stain.runs import file_batches, fit_input, spread
 
 REFINE_FORMAT = "construct-refine"
 REFINE_FORMAT_VERSION = 1
@@ -73,6 +76,7 @@ def _validate(cfg: RefineConfig) -> None:
         raise ConstructError(f"--head {cfg.head}: expected one of {', '.join(HEADS)}")
     if cfg.precision is not None and cfg.precision not in PRECISIONS:
         raise ConstructError(f"--precision {cfg.precision}: expected one of {', '.join(PRECISIONS)}")
+    check_method(cfg.stain_norm)
     if cfg.batch_size < 1:
         raise ConstructError("--batch-size must be at least 1")
     if cfg.workers < 0 or cfg.loader_workers < 0:
@@ -174,6 +178,7 @@ def _settings(cfg: RefineConfig, plan: Plan, gate: str) -> dict:
         "run": str(Path(cfg.run).resolve()), **source, "gate": gate,
         "pred_threshold": cfg.pred_threshold if gate == "pred" else None,
         "crf": dict(CRF_PARAMS) if plan.crf else None, "tile_size": plan.tile_size, **plan.settings,
+        "stain_norm": cfg.stain_norm,
     }
 
 
@@ -229,18 +234,22 @@ def refine(
     resuming = _check_out(out, settings, samples)
     sink = MaskSink(out, classes, out / SCORES_DIR if cfg.save_scores else None, resume=resuming)
     pending = [s for s in samples if not sink.done(s.image_id)]
+    # One estimate of the source's stain (a sample of its tiles), not one per tile.
+    normalizer, stain = fit_input(cfg.stain_norm, Path(cfg.run),
+                                  file_batches([s.image_path for s in spread(samples)], plan.tile_size),
+                                  f"{source.name} ({len(samples)} tiles)")
     record = {
         "format": REFINE_FORMAT, "format_version": REFINE_FORMAT_VERSION, "package_version": __version__,
         "complete": False, "random_weights": plan.random_weights, "kind": run_kind(meta),
         "backbones": {k: r.to_dict() for k, r in plan.backbones.items()},
         "run": settings["run"], "split": cfg.split, "data": settings.get("data"), "images": settings.get("images"),
         "gate": gate, "tta": plan.tta, "crf": plan.crf, **plan.record,
-        "classes": classes.names, "n_images": len(samples), "settings": settings,
+        "classes": classes.names, "n_images": len(samples), "settings": settings, "stain": stain,
     }
     result = RefineResult(out, len(samples), 0, len(samples) - len(pending), 0.0, gate, plan.random_weights,
                           dict(plan.backbones), plan.tta, plan.crf)
     if pending:
-        predictor = plan.build()
+        predictor = with_stain_norm(plan.build(), normalizer)
         out.mkdir(parents=True, exist_ok=True)
         _write_meta(out, record)
         stats = run_inference(source, predictor, [sink], gate, crf=plan.crf, batch_size=cfg.batch_size,

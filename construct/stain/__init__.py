@@ -1,6 +1,3 @@
-"""Stain: estimating a run's stain reference, normalising inputs to it, HED augmentation for students."""
-
-from construct.stain.normalize import DEFAULT_METHOD, METHODS, StainNormalizer, fit_normalizer
-from construct.stain.reference import DegenerateStain, StainReference
-
-__all__ = ["DEFAULT_METHOD", "METHODS", "DegenerateStain", "StainNormalizer", "StainReference", "fit_normalizer"]
+"""Stain: a run's stain reference (estimate, reference), inputs normalised to it (normalize, predictor,
+runs) and HED augmentation for students (augment). Submodules are imported where used: the CLI reads
+`methods` without loading torch."""

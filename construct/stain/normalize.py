@@ -18,10 +18,9 @@ import torch
 from construct.errors import ConstructError
 from construct.stain.colour import as_rows, from_od, from_rows, lab_to_rgb, rgb_to_lab, to_od
 from construct.stain.estimate import TISSUE_OD, estimate_images
+from construct.stain.methods import METHODS
 from construct.stain.reference import DegenerateStain, StainReference
 
-METHODS = ("macenko", "reinhard", "none")
-DEFAULT_METHOD = "macenko"  # chosen by benchmarks/stain.py (see benchmarks/README.md)
 log = logging.getLogger("construct.stain")
 
 

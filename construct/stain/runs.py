@@ -9,7 +9,7 @@ none: its reference is computed from the training tiles its store names, when th
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,6 +19,7 @@ import torch
 from construct.data.dataset import read_image
 from construct.errors import ConstructError
 from construct.stain.estimate import estimate_images
+from construct.stain.normalize import StainNormalizer, fit_normalizer
 from construct.stain.reference import DegenerateStain, StainReference
 
 STORE_KEY = "stain_reference"
@@ -94,3 +95,16 @@ def run_reference(run: Path, meta: dict) -> StainReference | None:
         if found is not None:
             return found
     return _parse(meta.get(TEACHER_KEY), f"{run}/config.json")
+
+
+def fit_input(method: str, run: Path | None, batches: Iterable[torch.Tensor],
+              source: str) -> tuple[StainNormalizer | None, dict]:
+    """The normaliser of one input (a split, a folder, a slide: `batches` of a sample of its tiles) to the
+    reference of `run` (None: no run, no normalisation), and its record for the outputs; see
+    `fit_normalizer`."""
+    from construct.head.io import read_run_config
+
+    if run is None:
+        method = "none"
+    reference = run_reference(Path(run), read_run_config(Path(run))) if method != "none" else None
+    return fit_normalizer(method, reference, batches, source)

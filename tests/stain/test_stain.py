@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from construct.errors import ConstructError
-from construct.stain import StainNormalizer, StainReference, fit_normalizer
+from construct.stain.normalize import StainNormalizer, fit_normalizer
+from construct.stain.reference import StainReference
 from construct.stain.augment import hed_jitter, hed_recolour
 from construct.stain.colour import as_rows, from_od, lab_to_rgb, rgb_to_lab
 from construct.stain.estimate import estimate_images, tissue_mask, tissue_pixels
