@@ -40,11 +40,19 @@ def spread(items: Sequence, n: int = SAMPLE_TILES) -> list:
     return [items[int(i)] for i in np.linspace(0, len(items) - 1, n).round().astype(int)]
 
 
+def _readable(path: Path, size: int | None) -> np.ndarray | None:
+    try:
+        return read_image(path, size)
+    except ConstructError:
+        return None  # the inference reports a bad tile where it meets it, after the tiles before it
+
+
 def file_batches(paths: Sequence[Path], size: int | None = None) -> Iterator[torch.Tensor]:
-    """Image files as (B, 3, H, W) batches in [0, 1]."""
+    """Image files as (B, 3, H, W) batches in [0, 1], leaving out files that cannot be read."""
     for i in range(0, len(paths), BATCH):
-        tiles = [read_image(p, size) for p in paths[i:i + BATCH]]
-        yield torch.from_numpy(np.stack(tiles)).permute(0, 3, 1, 2).float().div_(255.0)
+        tiles = [t for t in (_readable(p, size) for p in paths[i:i + BATCH]) if t is not None]
+        if tiles:
+            yield torch.from_numpy(np.stack(tiles)).permute(0, 3, 1, 2).float().div_(255.0)
 
 
 def reference_of_files(paths: Sequence[Path], source: str) -> StainReference | None:
@@ -72,7 +80,7 @@ def store_reference(store: "FeatureStore") -> StainReference | None:
     recorded = _parse(store.meta.get(STORE_KEY), str(store.path))
     if recorded is not None:
         return recorded
-    paths = store.image_paths()
+    paths = store.image_paths
     if not paths or not all(p.is_file() for p in spread(paths)):
         return None
     return reference_of_files(paths, f"{store.split} tiles of {store.path}")
