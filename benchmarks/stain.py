@@ -100,7 +100,8 @@ def construct(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "construct", *args], check=True)
 
 
-def make_runs(data: Path, work: Path, conch: str, segformer: str, device: str, epochs: int) -> dict[str, Path]:
+def make_runs(data: Path, work: Path, conch: str, segformer: str, device: str, epochs: int,
+              models: list[str]) -> dict[str, Path]:
     head, student = work / "runs" / "head", work / "runs" / "student"
     for split in ("train", "valid"):
         construct("extract", "--data", str(data), "--split", split, "--out", str(work / "features" / f"{split}.zarr"),
@@ -109,6 +110,8 @@ def make_runs(data: Path, work: Path, conch: str, segformer: str, device: str, e
         construct("train", "--features", str(work / "features" / "train.zarr"), "--val-features",
                   str(work / "features" / "valid.zarr"), "--out", str(head), "--preset", "demo", "--device", device,
                   "--quiet")
+    if "student" not in models:
+        return {"head": head}
     if not (student / "metrics.jsonl").is_file() or len((student / "metrics.jsonl").read_text().splitlines()) < epochs:
         resume = ["--resume"] if (student / "config.json").is_file() else []
         construct("distill", "--run", str(head), "--data", str(data), "--out", str(student), "--epochs", str(epochs),
@@ -132,10 +135,12 @@ def main() -> None:
     p.add_argument("--data", type=Path, default=Path("/work/data/real"), help="real-pixel dataset root")
     p.add_argument("--epochs", type=int, default=3, help="student epochs")
     p.add_argument("--seed", type=int, default=0, help="of the random shifts")
+    p.add_argument("--models", default="head,student", help="which runs to score (head: no student trained)")
     p.set_defaults(conch="random-tiny", segformer="random-tiny")
     args = p.parse_args()
     with workdir(args.workdir) as work:
-        runs = make_runs(args.data, work, args.conch, args.segformer, args.device, args.epochs)
+        runs = make_runs(args.data, work, args.conch, args.segformer, args.device, args.epochs,
+                         args.models.split(","))
         versions = {"original": args.data}
         table = shifts(args.seed)
         for name, shift in table.items():

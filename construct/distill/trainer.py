@@ -248,14 +248,14 @@ def _run_record(cfg: DistillConfig, spec: dict, classes, tile_size: int, store: 
         "teacher": {"run": str(Path(cfg.run).resolve()), "targets": str(Path(store.path).resolve()),
                     "head_fingerprint": store.compat.get("head_fingerprint"),
                     "conch_fingerprint": store.compat.get("conch_fingerprint")},
-        **_stain_references(cfg, run_meta, samples),
+        **_stain_references(cfg, run_meta, samples, tile_size),
     }
 
 
-def _stain_references(cfg: DistillConfig, run_meta: dict, samples: list) -> dict:
+def _stain_references(cfg: DistillConfig, run_meta: dict, samples: list, tile_size: int) -> dict:
     """The student's own stain reference (its training tiles, un-normalised, as it saw them) and its
     teacher's; inference normalises to the first, falling back to the second."""
     teacher = run_reference(Path(cfg.run), run_meta)
-    own = reference_of_files([s.image_path for s in samples], f"train split of {cfg.data}")
+    own = reference_of_files([s.image_path for s in samples], f"train split of {cfg.data}", tile_size)
     return {STAIN_RUN_KEY: own.to_dict() if own is not None else None,
             TEACHER_KEY: teacher.to_dict() if teacher is not None else None}

@@ -78,16 +78,17 @@ def _store_spec(cfg: ExtractConfig, samples, classes, conch, segformer) -> Store
     )
 
 
-def _with_stain_reference(store: FeatureStore, samples: list[Sample], cfg: ExtractConfig) -> FeatureStore:
-    """Record the split's stain reference (construct.stain) once: the colours a run trained on this store
-    normalises its inputs to. Tiles without two clear stains record none (a warning)."""
+def _record_stain_reference(store: FeatureStore, samples: list[Sample], cfg: ExtractConfig) -> None:
+    """Record the split's stain reference (construct.stain) once, when every row is in (so a resumed run
+    records what an uninterrupted one would): the colours a run trained on this store normalises its
+    inputs to. Tiles without two clear stains record none (a warning)."""
     from construct.stain.runs import STORE_KEY, reference_of_files
 
-    if STORE_KEY not in store.meta:
-        ref = reference_of_files([s.image_path for s in samples], f"{cfg.split} split of {cfg.data}")
+    store.refresh()  # other ranks' rows
+    if STORE_KEY not in store.meta and store.is_complete:
+        ref = reference_of_files([s.image_path for s in samples], f"{cfg.split} split ({len(samples)} tiles)")
         if ref is not None:
             store.record(STORE_KEY, ref.to_dict())
-    return store
 
 
 def _rel_paths(root: Path, samples: list[Sample]) -> list[str]:
@@ -152,8 +153,8 @@ def _extract(cfg: ExtractConfig, conch: Backbone | None, segformer: Backbone | N
     fresh = not (out / "zarr.json").exists()
     # Rank 0 alone creates the store (or checks it and records file sizes) and reads which shards are left;
     # the others open it only then, and all agree on that list, read before any rank writes a row.
-    pending = world.on_main(lambda: _with_stain_reference(FeatureStore.open_or_create(
-        out, _store_spec(cfg, samples, classes, conch, segformer)), samples, cfg).pending_shards())
+    pending = world.on_main(lambda: FeatureStore.open_or_create(
+        out, _store_spec(cfg, samples, classes, conch, segformer)).pending_shards())
     store = FeatureStore.open(out, mode="r+", require_complete=False)
     recipes = {"conch": conch.recipe, "segformer": segformer.recipe}
     if not world.is_main:
@@ -176,6 +177,8 @@ def _extract(cfg: ExtractConfig, conch: Backbone | None, segformer: Backbone | N
             shutil.rmtree(out, ignore_errors=True)  # nothing was extracted: leave nothing behind
         raise
     world.barrier()  # every rank's rows are written before the run reports
+    if world.is_main:
+        _record_stain_reference(store, samples, cfg)
     return ExtractResult(out, store.n_rows, n_pending, time.perf_counter() - start,
                          any(r.random_weights for r in recipes.values()))
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from construct.data.dataset import read_image
+from construct.data.dataset import IMAGE_SIZE, read_image
 from construct.errors import ConstructError
 from construct.stain.estimate import estimate_images
 from construct.stain.normalize import StainNormalizer, fit_normalizer
@@ -55,10 +55,11 @@ def file_batches(paths: Sequence[Path], size: int | None = None) -> Iterator[tor
             yield torch.from_numpy(np.stack(tiles)).permute(0, 3, 1, 2).float().div_(255.0)
 
 
-def reference_of_files(paths: Sequence[Path], source: str) -> StainReference | None:
-    """The reference of a sample of these tiles, or None (with a warning) when they cannot give one."""
+def reference_of_files(paths: Sequence[Path], source: str, size: int = IMAGE_SIZE) -> StainReference | None:
+    """The reference of a sample of these `size` px tiles (others are left out), or None (with a warning)
+    when they cannot give one."""
     try:
-        return estimate_images(file_batches(spread(paths)), source)
+        return estimate_images(file_batches(spread(paths), size), source)
     except DegenerateStain as e:
         log.warning("warning: %s: no stain reference (%s)", source, e)
         return None
@@ -83,7 +84,8 @@ def store_reference(store: "FeatureStore") -> StainReference | None:
     paths = store.image_paths
     if not paths or not all(p.is_file() for p in spread(paths)):
         return None
-    return reference_of_files(paths, f"{store.split} tiles of {store.path}")
+    size = int(store.meta["preprocessing"].get("tile_size", IMAGE_SIZE))
+    return reference_of_files(paths, f"{store.split} tiles of {store.path}", size)
 
 
 def run_reference(run: Path, meta: dict) -> StainReference | None:
