@@ -110,13 +110,12 @@ def make_runs(data: Path, work: Path, conch: str, segformer: str, device: str, e
         construct("train", "--features", str(work / "features" / "train.zarr"), "--val-features",
                   str(work / "features" / "valid.zarr"), "--out", str(head), "--preset", "demo", "--device", device,
                   "--quiet")
-    if "student" not in models:
-        return {"head": head}
-    if not (student / "metrics.jsonl").is_file() or len((student / "metrics.jsonl").read_text().splitlines()) < epochs:
+    history = student / "metrics.jsonl"
+    if "student" in models and (not history.is_file() or len(history.read_text().splitlines()) < epochs):
         resume = ["--resume"] if (student / "config.json").is_file() else []
         construct("distill", "--run", str(head), "--data", str(data), "--out", str(student), "--epochs", str(epochs),
                   "--device", device, "--quiet", *resume)
-    return {"head": head, "student": student}
+    return {k: v for k, v in {"head": head, "student": student}.items() if k in models}
 
 
 def score(run: Path, data: Path, out: Path, method: str, device: str) -> float:

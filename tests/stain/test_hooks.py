@@ -15,6 +15,7 @@ from construct.data.classes import BCSS
 from construct.head.io import read_run_config
 from construct.slide.run import SlideConfig, segment_slides
 from construct.slide.synthetic import ColourPredictor
+from construct.stain.methods import DEFAULT_METHOD
 from construct.stain.reference import StainReference
 from construct.stain.runs import RUN_KEY, TEACHER_KEY, run_reference
 from construct.store import FeatureStore
@@ -31,7 +32,7 @@ def test_extract_and_train_record_the_training_tiles_reference(tiny_run):
 def test_refine_normalises_by_default_and_records_it(tiny_run, tmp_path):
     tiny_run.refine(tmp_path / "m")
     stain = json.loads((tmp_path / "m" / "refine.json").read_text())["stain"]
-    assert stain["requested"] == stain["applied"] == "macenko"
+    assert stain["requested"] == stain["applied"] == DEFAULT_METHOD
     assert stain["reference"] == read_run_config(tiny_run.run)[RUN_KEY]
     assert set(stain["distance"]) == {"delta_e", "h_angle_deg", "e_angle_deg", "h_scale", "e_scale"}
     metrics = evaluate_predictions(tmp_path / "m", tiny_run.data, "test", classes=BCSS, progress=False,
@@ -46,7 +47,7 @@ def test_stain_norm_none_and_resume_with_another_method_is_refused(tiny_run, tmp
     stain = json.loads((tmp_path / "m" / "refine.json").read_text())["stain"]
     assert stain["applied"] == "none" and stain["input"] is None
     with pytest.raises(ConstructError, match="stain_norm"):
-        tiny_run.refine(tmp_path / "m", stain_norm="reinhard")
+        tiny_run.refine(tmp_path / "m", stain_norm="macenko")
     with pytest.raises(ConstructError, match="--stain-norm vahadane"):
         tiny_run.refine(tmp_path / "other", stain_norm="vahadane")
 
@@ -86,3 +87,14 @@ def test_student_records_its_own_and_its_teachers_reference(student_run, tiny_ru
     own = StainReference.from_dict(meta[RUN_KEY])
     assert own.source.startswith("train split") and meta["distill"]["stain_augment"] > 0
     assert run_reference(student_run.run, meta) == own
+
+
+@pytest.mark.parametrize("kw, match", [({"stain_augment": 1.5}, "--stain-augment 1.5"),
+                                       ({"stain_norm": "vahadane"}, "--stain-norm vahadane")])
+def test_distill_refuses_bad_stain_settings(tiny_run, tmp_path, kw, match):
+    from construct.distill.trainer import distill
+    from tiny_runs import quick_config
+
+    with pytest.raises(ConstructError, match=match):
+        distill(quick_config(tiny_run, tmp_path / "s", **kw), conch=tiny_run.conch, progress=False)
+    assert not (tmp_path / "s").exists()
