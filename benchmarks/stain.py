@@ -19,16 +19,15 @@ Cheap enough for a laptop: random-tiny backbones, the demo preset, a 3-epoch U-N
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+from _common import base_parser, finish, report, workdir
 from PIL import Image
 
-from _common import base_parser, finish, report, workdir
 from construct.data.classes import BCSS
 from construct.data.dataset import list_split
 from construct.evaluate.run import evaluate_predictions

@@ -16,7 +16,14 @@ from dataclasses import dataclass
 import torch
 
 from construct.errors import ConstructError
-from construct.stain.colour import as_rows, from_od, from_rows, lab_to_rgb, rgb_to_lab, to_od
+from construct.stain.colour import (
+    as_rows,
+    from_od,
+    from_rows,
+    lab_to_rgb,
+    rgb_to_lab,
+    to_od,
+)
 from construct.stain.estimate import TISSUE_OD, estimate_images
 from construct.stain.methods import METHODS
 from construct.stain.reference import DegenerateStain, StainReference

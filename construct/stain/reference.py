@@ -42,7 +42,7 @@ class StainReference:
                 "lab_std": list(self.lab_std), "n_pixels": self.n_pixels, "source": self.source}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "StainReference":
+    def from_dict(cls, d: dict) -> StainReference:
         try:
             matrix = tuple(tuple(float(v) for v in row) for row in d["stain_matrix"])
             ref = cls(matrix, tuple(float(v) for v in d["max_concentrations"]),
@@ -61,13 +61,13 @@ class StainReference:
         write_text_atomic(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
-    def load(cls, path: Path) -> "StainReference":
+    def load(cls, path: Path) -> StainReference:
         try:
             return cls.from_dict(json.loads(Path(path).read_text()))
         except (OSError, ValueError) as e:
             raise ConstructError(f"{path}: unreadable stain reference ({e})") from e
 
-    def distance(self, other: "StainReference") -> dict:
+    def distance(self, other: StainReference) -> dict:
         """How far `other` lies from this reference: the angle between each stain's vectors (degrees), the
         ratio of its concentration percentiles to ours, and the CIELAB distance of the tissue means (ΔE76;
         about 2 is just noticeable, above 10 a different-looking stain)."""

@@ -75,7 +75,7 @@ def _parse(d: dict | None, where: str) -> StainReference | None:
         return None
 
 
-def store_reference(store: "FeatureStore") -> StainReference | None:
+def store_reference(store: FeatureStore) -> StainReference | None:
     """A store's recorded reference or, for a store made before references, one computed from the
     tiles it names (None when they are gone)."""
     recorded = _parse(store.meta.get(STORE_KEY), str(store.path))

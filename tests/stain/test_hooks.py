@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from construct.data.classes import BCSS
 from construct.errors import ConstructError
 from construct.evaluate.run import evaluate_predictions
-from construct.data.classes import BCSS
 from construct.head.io import read_run_config
 from construct.slide.run import SlideConfig, segment_slides
 from construct.slide.synthetic import ColourPredictor
@@ -92,8 +92,9 @@ def test_student_records_its_own_and_its_teachers_reference(student_run, tiny_ru
 @pytest.mark.parametrize("kw, match", [({"stain_augment": 1.5}, "--stain-augment 1.5"),
                                        ({"stain_norm": "vahadane"}, "--stain-norm vahadane")])
 def test_distill_refuses_bad_stain_settings(tiny_run, tmp_path, kw, match):
-    from construct.distill.trainer import distill
     from tiny_runs import quick_config
+
+    from construct.distill.trainer import distill
 
     with pytest.raises(ConstructError, match=match):
         distill(quick_config(tiny_run, tmp_path / "s", **kw), conch=tiny_run.conch, progress=False)

@@ -8,13 +8,12 @@ import pytest
 import torch
 
 from construct.errors import ConstructError
-from construct.stain.normalize import StainNormalizer, fit_normalizer
-from construct.stain.reference import StainReference
 from construct.stain.augment import hed_jitter, hed_recolour
 from construct.stain.colour import as_rows, from_od, lab_to_rgb, rgb_to_lab
 from construct.stain.estimate import estimate_images, tissue_mask, tissue_pixels
+from construct.stain.normalize import StainNormalizer, fit_normalizer
 from construct.stain.predictor import StainNormalizedPredictor, with_stain_norm
-from construct.stain.reference import DegenerateStain
+from construct.stain.reference import DegenerateStain, StainReference
 
 H = torch.tensor([0.65, 0.70, 0.29])
 E = torch.tensor([0.17, 0.89, 0.41])  # as estimated on real H&E: pure eosin passes the tissue test
