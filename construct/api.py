@@ -34,6 +34,7 @@ from construct.inference.sinks import MemorySink
 from construct.refine.config import DEFAULT_PRED_THRESHOLD, RefineConfig
 from construct.refine.pipeline import RefineResult, refine
 from construct.slide.defaults import MIN_AREA_UM2, VECTOR_MPP
+from construct.stain.methods import DEFAULT_METHOD as DEFAULT_STAIN_NORM
 from construct.slide.model import target_mpp
 from construct.slide.run import SlideConfig, segment_slides
 
@@ -98,6 +99,8 @@ class Segmenter:
             otherwise `gate` `pred` lets in the classes the model's classifier finds (probability above
             `pred_threshold`, in [0, 1]) and `none` every class.
         crf: the Dense CRF (True) or argmax (False); None: the run's default (CRF for a head run).
+        One tile is too little to estimate a stain from, so `predict` does not normalise it: for tiles of
+        another lab, use `predict_folder` or `segment_slide` (one estimate over all their tiles).
         """
         tile = Tile("image", self._image(image), self._labels(present))
         gate = self._gate(gate, present)
@@ -109,15 +112,18 @@ class Segmenter:
 
     def predict_folder(self, folder: str | Path, out: str | Path, gate: str | None = None, crf: bool | None = None,
                        pred_threshold: float = DEFAULT_PRED_THRESHOLD, batch_size: int = 8, crf_workers: int = 2,
-                       loader_workers: int = 1, save_scores: bool = False, progress: bool = True) -> RefineResult:
+                       loader_workers: int = 1, save_scores: bool = False, stain_norm: str = DEFAULT_STAIN_NORM,
+                       progress: bool = True) -> RefineResult:
         """`construct refine --images FOLDER --out OUT`: `OUT/<stem>.png` masks (mask values) and
         `OUT/refine.json`; with `save_scores`, `OUT/scores/<stem>.npy` float16 (C + 1, H, W). Rerunning
-        resumes. gate: `pred` (the model's classifier, default) or `none` (every class)."""
+        resumes. gate: `pred` (the model's classifier, default) or `none` (every class). stain_norm: the
+        folder's stain, estimated once over its tiles, normalised to the run's reference (`none`: as is)."""
         o = self.model.options
         cfg = RefineConfig(run=self.model.run, images=Path(folder), out=Path(out), gate=gate,
                            pred_threshold=pred_threshold, tta=o.tta, crf=crf, batch_size=batch_size,
                            workers=crf_workers, loader_workers=loader_workers, save_scores=save_scores,
-                           head=o.head, conch=o.conch, device=o.device, precision=o.precision)
+                           head=o.head, conch=o.conch, device=o.device, precision=o.precision,
+                           stain_norm=stain_norm)
         return refine(cfg, progress=progress, model=self.model)
 
     def segment_slide(self, path: str | Path, out: str | Path, mpp: float | None = None,
@@ -125,7 +131,8 @@ class Segmenter:
                       tissue_threshold: float | None = None, batch_size: int = 16,
                       pred_threshold: float = DEFAULT_PRED_THRESHOLD, no_upsample: bool = False,
                       mask_values: str = "dataset", vector_mpp: float = VECTOR_MPP,
-                      min_area_um2: float = MIN_AREA_UM2, progress: bool = True) -> dict:
+                      min_area_um2: float = MIN_AREA_UM2, stain_norm: str = DEFAULT_STAIN_NORM,
+                      progress: bool = True) -> dict:
         """`construct slide PATH --out OUT`: `OUT/<slide stem>/` (mask.ome.tif, annotations.geojson,
         overlay.png, tissue.png, summary.json) and `OUT/summary.csv`; returns the slide's summary.json.
         A slide finished before is not redone. mpp: µm/px to tile at (default the run's, `self.mpp`);
@@ -135,7 +142,8 @@ class Segmenter:
                           no_upsample=no_upsample, mask_values=mask_values,
                           overlap=self.model.default_overlap if overlap is None else overlap,
                           tissue_threshold=tissue_threshold, batch_size=batch_size, pred_threshold=pred_threshold,
-                          vector_mpp=vector_mpp, min_area_um2=min_area_um2, meta={"model": self.model.describe()})
+                          vector_mpp=vector_mpp, min_area_um2=min_area_um2, meta={"model": self.model.describe()},
+                          stain_norm=stain_norm, run=self.model.run)
         result = segment_slides([Path(path)], cfg, self.predictor, progress=progress, echo=lambda line: None)
         if result.failed:
             raise ConstructError(result.failed[0][1])

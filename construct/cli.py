@@ -14,6 +14,9 @@ from construct.data import SPLITS
 from construct.distill.config import ARCHS, ENCODERS, WEIGHTINGS
 from construct.errors import ConstructError
 from construct.slide.defaults import MIN_AREA_UM2, VECTOR_MPP
+from construct.stain.methods import DEFAULT_AUGMENT as DEFAULT_STAIN_AUGMENT
+from construct.stain.methods import DEFAULT_METHOD as DEFAULT_STAIN_NORM
+from construct.stain.methods import METHODS as STAIN_METHODS
 from construct.store.in_memory import DEFAULT_MEMORY_GB
 
 RANDOM_WARNING = (
@@ -233,6 +236,12 @@ def changed_on_resume(saved: dict, values: dict) -> list[str]:
     return changed
 
 
+def stain_norm_option(help_text: str) -> Callable:
+    """--stain-norm, the same on every command that runs a model on new tiles."""
+    return click.option("--stain-norm", type=click.Choice(STAIN_METHODS), default=DEFAULT_STAIN_NORM, show_default=True,
+                        help=help_text)
+
+
 def train_options(fn: Callable) -> Callable:
     for option in reversed(TRAIN_OPTIONS):
         fn = option(fn)
@@ -355,10 +364,11 @@ def ablate(features, val_features, out, variants, data, split, crf_workers, pres
 @click.option("--conch", default=None, help="CONCH weights if not where the run recorded them (fingerprint-checked).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None, help="Backbone precision [default: the run's].")
+@stain_norm_option("Normalise the tiles' stain to the run's reference, estimated once over the split or folder.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @user_errors
 def refine(run, data, split, images, out, gate, pred_threshold, tta, crf, batch_size, workers, loader_workers,
-           save_scores, head, conch, device, precision, quiet) -> None:
+           save_scores, head, conch, device, precision, stain_norm, quiet) -> None:
     """Masks from a run: a head run runs live CONCH with TTA, CAMs, background channel, Dense CRF; a
     student run (from `construct distill`) runs its network alone.
 
@@ -375,7 +385,7 @@ def refine(run, data, split, images, out, gate, pred_threshold, tta, crf, batch_
         run=run, data=data, split=split, images=images, out=out, gate=gate, pred_threshold=pred_threshold,
         tta=tta, crf=crf, batch_size=batch_size, workers=workers, loader_workers=loader_workers,
         save_scores=save_scores,
-        head=head, conch=conch, device=device, precision=precision,
+        head=head, conch=conch, device=device, precision=precision, stain_norm=stain_norm,
     )
     conch_recipe = read_run_config(run).get("backbones", {}).get("conch")
     if conch_recipe is not None:
@@ -423,10 +433,12 @@ def refine(run, data, split, images, out, gate, pred_threshold, tta, crf, batch_
 @click.option("--conch", default=None, help="CONCH weights if not where the run recorded them (fingerprint-checked).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None, help="CONCH precision of a head run [default: the run's].")
+@stain_norm_option("Normalise each slide's stain to the run's reference, estimated once from its tissue.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @user_errors
 def slide(slides, run, out, mpp, slide_mpp, no_upsample, mask_values, overlap, tile_size, tissue_threshold,
-          vector_mpp, min_area_um2, tta, pred_threshold, batch_size, head, conch, device, precision, quiet) -> None:
+          vector_mpp, min_area_um2, tta, pred_threshold, batch_size, head, conch, device, precision, stain_norm,
+          quiet) -> None:
     """Segment whole slides (SVS, NDPI, MRXS, tiled TIFF; files, folders or a CSV with a `path` column).
 
     Writes OUT/<slide>/ mask.ome.tif (values in mask_classes.csv), annotations.geojson (QuPath), overlay.png,
@@ -448,7 +460,8 @@ def slide(slides, run, out, mpp, slide_mpp, no_upsample, mask_values, overlap, t
         cfg = SlideConfig(out=out, target_mpp=target, slide_mpp=slide_mpp, no_upsample=no_upsample,
                           mask_values=mask_values, overlap=model.default_overlap if overlap is None else overlap,
                           tissue_threshold=tissue_threshold, batch_size=batch_size, pred_threshold=pred_threshold,
-                          vector_mpp=vector_mpp, min_area_um2=min_area_um2, meta={"model": model.describe()})
+                          vector_mpp=vector_mpp, min_area_um2=min_area_um2, meta={"model": model.describe()},
+                          stain_norm=stain_norm, run=run)
         result = segment_slides(paths, cfg, model.predictor, progress=not quiet and world.is_main,
                                 echo=lambda line: click.echo(line, err=True), world=world)
     if not world.is_main:
@@ -497,11 +510,15 @@ def slide(slides, run, out, mpp, slide_mpp, no_upsample, mask_values, overlap, t
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, ...")
 @click.option("--memory-gb", type=click.FloatRange(min=0), default=DEFAULT_MEMORY_GB, show_default=True,
               help="Read targets that fit in this many GiB into RAM once (0: stream them).")
+@stain_norm_option("Normalise the train tiles' stain to the teacher's reference before it labels them.")
+@click.option("--stain-augment", type=click.FloatRange(min=0, max=1), default=DEFAULT_STAIN_AUGMENT, show_default=True,
+              help="Random HED stain perturbation of the student's training tiles: scale U(1-s, 1+s), shift (0: off).")
 @click.option("--resume", is_flag=True, help="Continue a killed student run in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @user_errors
 def distill(run, data, out, targets, classes, arch, encoder, encoder_weights, epochs, batch_size, lr, crop, weighting,
-            w_mse, w_ce, tta, crf, conch, seed, workers, loader_workers, device, memory_gb, resume, quiet) -> None:
+            w_mse, w_ce, tta, crf, conch, seed, workers, loader_workers, device, memory_gb, stain_norm,
+            stain_augment, resume, quiet) -> None:
     """Stage 2: train a fast student segmentation network on a run's pseudo-masks.
 
     The run labels the train split as refine does (file-name labels, TTA, CRF) into RUN/targets/ (resumable,
@@ -515,7 +532,8 @@ def distill(run, data, out, targets, classes, arch, encoder, encoder_weights, ep
         run=run, data=data, out=out, targets=targets, classes=classes, arch=arch, encoder=encoder,
         encoder_weights=encoder_weights, epochs=epochs, batch_size=batch_size, lr=lr, crop=crop, weighting=weighting,
         w_mse=w_mse, w_ce=w_ce, tta=tta, crf=crf, conch=conch, seed=seed, target_workers=workers,
-        workers=loader_workers, device=device, memory_gb=memory_gb,
+        workers=loader_workers, device=device, memory_gb=memory_gb, stain_norm=stain_norm,
+        stain_augment=stain_augment,
     )
     result = run_distill(cfg, resume=resume, progress=not quiet)
     from construct.distributed import is_main_process

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from construct.stain.methods import DEFAULT_AUGMENT as DEFAULT_STAIN_AUGMENT
+from construct.stain.methods import DEFAULT_METHOD as DEFAULT_STAIN_NORM
 from construct.store.in_memory import DEFAULT_MEMORY_GB
 
 WEIGHTINGS = ("uncertainty", "fixed")
@@ -49,6 +51,8 @@ class DistillConfig:
     target_workers: int = 2  # CRF processes
     conch: str | None = None
     precision: str | None = None
+    stain_norm: str = DEFAULT_STAIN_NORM  # train tiles normalised to the teacher's reference before it labels them
+    stain_augment: float = DEFAULT_STAIN_AUGMENT  # HED perturbation strength of the student's tiles (0: off)
 
     def to_dict(self) -> dict:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}

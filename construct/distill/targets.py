@@ -21,6 +21,8 @@ from construct.inference.head import TapBackbone
 from construct.inference.pipeline import run_inference
 from construct.inference.score_store import ScoreStore, ScoreStoreSink
 from construct.runs import HEAD_KIND, read_kind
+from construct.stain.predictor import with_stain_norm
+from construct.stain.runs import file_batches, fit_input, spread
 from construct.store.feature_store import dataset_fingerprint
 
 TARGETS_DIR = "targets"
@@ -75,12 +77,19 @@ def make_targets(cfg: DistillConfig, source: SampleSource, conch: TapBackbone | 
         "gate": "labels", "tta": settings["tta"], "crf": dict(CRF_PARAMS) if cfg.crf else None,
         "precision": settings["precision"], "tile_size": model.tile_size,
     }
-    path = Path(cfg.run) / TARGETS_DIR / f"{fp[:16]}.zarr"
+    name = fp[:16]
+    if cfg.stain_norm != "none":  # targets of un-normalised tiles keep the name they had before stain work
+        compat["stain_norm"] = cfg.stain_norm
+        name += f"-{cfg.stain_norm}"
+    path = Path(cfg.run) / TARGETS_DIR / f"{name}.zarr"
     store = ScoreStore.open_or_create(path, [s.image_id for s in source.samples], len(model.classes),
                                       model.tile_size, compat)
     if store.complete:
         return store
-    run_inference(source, model.predictor, [ScoreStoreSink(store)], "labels", crf=cfg.crf,
+    normalizer, _ = fit_input(cfg.stain_norm, Path(cfg.run),
+                              file_batches([s.image_path for s in spread(source.samples)], model.tile_size),
+                              f"train split of {cfg.data}")
+    run_inference(source, with_stain_norm(model.predictor, normalizer), [ScoreStoreSink(store)], "labels", crf=cfg.crf,
                   batch_size=cfg.target_batch_size, workers=cfg.target_workers, progress=progress,
                   total=int((~store.done_mask()).sum()), desc="teacher targets")
     return store

@@ -43,6 +43,10 @@ from construct.runs import (
     write_run_config,
 )
 from construct.seeding import seeded_init
+from construct.stain.augment import hed_jitter
+from construct.stain.normalize import check_method
+from construct.stain.runs import RUN_KEY as STAIN_RUN_KEY
+from construct.stain.runs import TEACHER_KEY, reference_of_files, run_reference
 from construct.store.in_memory import gib
 
 CHECKPOINT = "distill_checkpoint.pt"
@@ -68,6 +72,9 @@ def _validate(cfg: DistillConfig) -> None:
         raise ConstructError("--epochs must be positive and --batch-size at least 1")
     if cfg.lr <= 0:
         raise ConstructError(f"--lr {cfg.lr}: must be positive")
+    check_method(cfg.stain_norm)
+    if not 0.0 <= cfg.stain_augment <= 1.0:
+        raise ConstructError(f"--stain-augment {cfg.stain_augment}: expected a strength in [0, 1]")
     if cfg.crop is not None and (cfg.crop < 32 or cfg.crop % 32):
         raise ConstructError(f"--crop {cfg.crop}: must be a multiple of 32 (the students' output stride)")
 
@@ -185,7 +192,7 @@ def _distill(cfg: DistillConfig, resume: bool, conch: TapBackbone | None, progre
         state = ckpt["state"]
     elif world.is_main and (not resume or not is_run(out)):
         out.mkdir(parents=True, exist_ok=True)
-        write_run_config(out, _run_record(cfg, spec, classes, tile_size, store, run_meta))
+        write_run_config(out, _run_record(cfg, spec, classes, tile_size, store, run_meta, source.samples))
     ddp = wrap(model, world, device)
     n_parameters = sum(p.numel() for p in student.parameters())
     start = time.perf_counter()
@@ -203,8 +210,10 @@ def _distill(cfg: DistillConfig, resume: bool, conch: TapBackbone | None, progre
         sums = {k: 0.0 for k in ("loss", *TERMS)}
         bar = tqdm(zip(target_loader(dataset, local, cfg.workers), shares), total=len(batches), unit="batch",
                    desc=f"distill epoch {epoch + 1}/{n_epochs}", disable=not progress, dynamic_ncols=True)
+        stain_rng = torch.Generator().manual_seed(int(rng.integers(2**62)))
         for step, (raw, share) in enumerate(bar):
             batch = augment(to_device(raw, device), rng, cfg.crop)
+            batch["images01"] = hed_jitter(batch["images01"], cfg.stain_augment, stain_rng)
             loss, terms = ddp(batch)
             values = share.values({"loss": loss, **terms})  # the same on every process: all stop together
             if not math.isfinite(values["loss"]):
@@ -252,7 +261,8 @@ def _end_epoch(cfg, out, epoch, model, optimizer, scheduler, state, sums, spec, 
         tqdm.write(f"epoch {epoch + 1}: loss {sums['loss']:.4f}  val mIoU {val['mIoU']:.2f}")
 
 
-def _run_record(cfg: DistillConfig, spec: dict, classes, tile_size: int, store: ScoreStore, run_meta: dict) -> dict:
+def _run_record(cfg: DistillConfig, spec: dict, classes, tile_size: int, store: ScoreStore, run_meta: dict,
+                samples: list) -> dict:
     teacher_random = bool(run_meta.get("store", {}).get("random_weights", False))
     return {
         "kind": STUDENT_KIND, "student": spec, "classes": classes.to_dict(), "tile_size": tile_size,
@@ -260,4 +270,14 @@ def _run_record(cfg: DistillConfig, spec: dict, classes, tile_size: int, store: 
         "teacher": {"run": str(Path(cfg.run).resolve()), "targets": str(Path(store.path).resolve()),
                     "head_fingerprint": store.compat.get("head_fingerprint"),
                     "conch_fingerprint": store.compat.get("conch_fingerprint")},
+        **_stain_references(cfg, run_meta, samples, tile_size),
     }
+
+
+def _stain_references(cfg: DistillConfig, run_meta: dict, samples: list, tile_size: int) -> dict:
+    """The student's own stain reference (its training tiles, un-normalised, as it saw them) and its
+    teacher's; inference normalises to the first, falling back to the second."""
+    teacher = run_reference(Path(cfg.run), run_meta)
+    own = reference_of_files([s.image_path for s in samples], f"train split of {cfg.data}", tile_size)
+    return {STAIN_RUN_KEY: own.to_dict() if own is not None else None,
+            TEACHER_KEY: teacher.to_dict() if teacher is not None else None}

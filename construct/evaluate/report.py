@@ -113,6 +113,29 @@ def _table_html(result: dict) -> str:
     return f"<table><tr>{head}</tr>{body}</table><ul>{items}</ul>"
 
 
+def _stain_html(stain: dict | None) -> str:
+    """The run's stain reference beside the input's estimate, and what refine did about it."""
+    if not stain:
+        return "<p>Not recorded (predictions made before stain normalisation).</p>"
+    from construct.stain.reference import StainReference
+    from construct.stain.swatch import swatch
+
+    cells = []
+    for label, key in (("run's reference", "reference"), ("input", "input")):
+        ref = stain.get(key)
+        shown = _img(swatch(StainReference.from_dict(ref)), label) if ref else "not estimated"
+        cells.append(f"<tr><td>{html.escape(label)}</td><td>{shown}</td></tr>")
+    distance = stain.get("distance") or {}
+    facts = [f"normalisation asked: {stain.get('requested')}, applied: {stain.get('applied')}"]
+    if distance:
+        facts.append("distance: " + ", ".join(f"{k} {v}" for k, v in distance.items()))
+    if stain.get("warning"):
+        facts.append(f"warning: {stain['warning']}")
+    items = "".join(f"<li>{html.escape(f)}</li>" for f in facts)
+    return (f"<table>{''.join(cells)}</table><ul>{items}</ul><p>Swatches: hematoxylin at 25/50/100% of its "
+            f"99th-percentile concentration, eosin likewise, both at half, the tissue's mean colour.</p>")
+
+
 def _legend(classes: ClassSet) -> str:
     labels = mask_labels(classes)
     colors = {c.mask_index: c.color for c in classes.classes}
@@ -197,6 +220,8 @@ def render_report(
 <figcaption>Upper bar IoU, lower (lighter) bar Dice.</figcaption></figure>
 <h2>Example tiles (per-image mIoU: best, median, worst)</h2>
 {_tiles_html(tiles, classes)}
+<h2>Stain</h2>
+{_stain_html(result.get("stain"))}
 <h2>Prototype gallery</h2>
 {_gallery_html(gallery, gallery_source)}
 </body></html>

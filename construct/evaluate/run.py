@@ -126,7 +126,9 @@ def evaluate_predictions(
         student = build_result(collect(Path(student_pred), samples, classes, allow_missing=allow_missing,
                                        progress=progress), classes, protocol, split)
         result["student"] = {k: student[k] for k in STUDENT_KEYS}
-    result["random_weights"] = _flag(_read_json(pred_dir / REFINE_META), "random_weights")
+    refine_meta = _read_json(pred_dir / REFINE_META)
+    result["random_weights"] = _flag(refine_meta, "random_weights")
+    result["stain"] = (refine_meta or {}).get("stain")  # what refine did to the tiles' colours
     result["synthetic"] = _flag(_read_json(data_dir / SYNTH_META), "synthetic")
     if baselines:
         result["baselines"] = {name: metrics_dict(b, classes)

@@ -78,6 +78,19 @@ def _store_spec(cfg: ExtractConfig, samples, classes, conch, segformer) -> Store
     )
 
 
+def _record_stain_reference(store: FeatureStore, samples: list[Sample], cfg: ExtractConfig) -> None:
+    """Record the split's stain reference (construct.stain) once, when every row is in (so a resumed run
+    records what an uninterrupted one would): the colours a run trained on this store normalises its
+    inputs to. Tiles without two clear stains record none (a warning)."""
+    from construct.stain.runs import STORE_KEY, reference_of_files
+
+    store.refresh()  # other ranks' rows
+    if STORE_KEY not in store.meta and store.is_complete:
+        ref = reference_of_files([s.image_path for s in samples], f"{cfg.split} split ({len(samples)} tiles)")
+        if ref is not None:
+            store.record(STORE_KEY, ref.to_dict())
+
+
 def _rel_paths(root: Path, samples: list[Sample]) -> list[str]:
     return [str(s.image_path.resolve().relative_to(root)) for s in samples]
 
@@ -164,6 +177,8 @@ def _extract(cfg: ExtractConfig, conch: Backbone | None, segformer: Backbone | N
             shutil.rmtree(out, ignore_errors=True)  # nothing was extracted: leave nothing behind
         raise
     world.barrier()  # every rank's rows are written before the run reports
+    if world.is_main:
+        _record_stain_reference(store, samples, cfg)
     return ExtractResult(out, store.n_rows, n_pending, time.perf_counter() - start,
                          any(r.random_weights for r in recipes.values()))
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from construct.stain.methods import DEFAULT_METHOD as DEFAULT_STAIN_NORM
+
 GATES = ("labels", "gt", "pred", "none")
 PRECISIONS = ("fp32", "bf16")
 DEFAULT_PRED_THRESHOLD = 0.5  # classifier probability above which a class gates in (`pred`)
@@ -42,6 +44,8 @@ class RefineConfig:
     conch: str | None = None  # CONCH weights when not at the spec the run recorded (fingerprint-checked)
     device: str = "auto"
     precision: str | None = None  # None: the precision the run's store was extracted with
+    # Inputs normalised to the run's stain reference (macenko, reinhard, none), estimated once over the source.
+    stain_norm: str = DEFAULT_STAIN_NORM
 
     @property
     def out_path(self) -> Path:

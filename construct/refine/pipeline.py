@@ -28,6 +28,9 @@ from construct.inference.pipeline import run_inference
 from construct.inference.sinks import MaskSink
 from construct.refine.config import GATES, PRECISIONS, REFINE_META, SCORES_DIR, RefineConfig
 from construct.runs import STUDENT_KIND
+from construct.stain.normalize import check_method
+from construct.stain.predictor import with_stain_norm
+from construct.stain.runs import file_batches, fit_input, spread
 
 REFINE_FORMAT = "construct-refine"
 REFINE_FORMAT_VERSION = 1
@@ -64,6 +67,7 @@ def _validate(cfg: RefineConfig) -> None:
         raise ConstructError(f"--gate {cfg.gate}: expected one of {', '.join(GATES)}")
     if cfg.precision is not None and cfg.precision not in PRECISIONS:
         raise ConstructError(f"--precision {cfg.precision}: expected one of {', '.join(PRECISIONS)}")
+    check_method(cfg.stain_norm)
     if cfg.batch_size < 1:
         raise ConstructError("--batch-size must be at least 1")
     if cfg.workers < 0 or cfg.loader_workers < 0:
@@ -109,6 +113,7 @@ def _settings(cfg: RefineConfig, model: LoadedModel, crf: bool, gate: str) -> di
         "run": str(Path(cfg.run).resolve()), **source, "gate": gate,
         "pred_threshold": cfg.pred_threshold if gate == "pred" else None,
         "crf": dict(CRF_PARAMS) if crf else None, "tile_size": model.tile_size, **model.settings,
+        "stain_norm": cfg.stain_norm,
     }
 
 
@@ -167,6 +172,10 @@ def refine(
     resuming = _check_out(out, settings, samples)
     sink = MaskSink(out, classes, out / SCORES_DIR if cfg.save_scores else None, resume=resuming)
     pending = [s for s in samples if not sink.done(s.image_id)]
+    # One estimate of the source's stain (a sample of its tiles), not one per tile.
+    normalizer, stain = fit_input(cfg.stain_norm, Path(cfg.run),
+                                  file_batches([s.image_path for s in spread(samples)], model.tile_size),
+                                  f"{source.name} ({len(samples)} tiles)")
     record = {
         "format": REFINE_FORMAT, "format_version": REFINE_FORMAT_VERSION, "package_version": __version__,
         "complete": False, "random_weights": model.random_weights, "kind": model.kind,
@@ -174,12 +183,12 @@ def refine(
         "run": settings["run"], "split": cfg.split, "data": settings.get("data"), "images": settings.get("images"),
         "gate": gate, "tta": model.tta, "crf": crf, "n_variants": model.n_variants, "head": cfg.head,
         **({"student": model.meta["student"]} if model.kind == STUDENT_KIND else {}),
-        "classes": classes.names, "n_images": len(samples), "settings": settings,
+        "classes": classes.names, "n_images": len(samples), "settings": settings, "stain": stain,
     }
     result = RefineResult(out, len(samples), 0, len(samples) - len(pending), 0.0, gate, model.random_weights,
                           dict(model.backbones), model.tta, crf)
     if pending:
-        predictor = model.predictor  # built (CONCH checked) before anything is written
+        predictor = with_stain_norm(model.predictor, normalizer)  # built (CONCH checked) before anything is written
         out.mkdir(parents=True, exist_ok=True)
         _write_meta(out, record)
         stats = run_inference(source, predictor, [sink], gate, crf=crf, batch_size=cfg.batch_size,

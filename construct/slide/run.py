@@ -17,7 +17,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+import torch
+
 from construct.atomic import write_text_atomic
+from construct.data.loader import images_to_tensor
 from construct.distributed import World
 from construct.errors import ConstructError
 from construct.inference.parts import Predictor
@@ -31,6 +35,10 @@ from construct.slide.reader import MPP_RANGE, Slide, open_slide
 from construct.slide.sink import UNCLASSIFIED, StitchedSlideSink
 from construct.slide.source import SlideTileSource
 from construct.slide.tissue import detect_tissue, tissue_downsample
+from construct.stain.methods import DEFAULT_METHOD as DEFAULT_STAIN_NORM
+from construct.stain.predictor import with_stain_norm
+from construct.stain.runs import BATCH as STAIN_BATCH
+from construct.stain.runs import fit_input, spread
 
 SLIDE_EXTENSIONS = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".vms", ".vmu", ".scn", ".svslide", ".bif")
 WORK_DIR = ".work"  # scratch of slides in progress, under --out
@@ -53,6 +61,8 @@ class SlideConfig:
     vector_mpp: float = VECTOR_MPP  # µm/px the GeoJSON is traced at (never finer than target_mpp)
     min_area_um2: float = MIN_AREA_UM2  # GeoJSON regions and holes smaller than this are dropped
     meta: dict = field(default_factory=dict)  # recorded in every summary.json (model, settings)
+    stain_norm: str = DEFAULT_STAIN_NORM  # each slide normalised to the run's stain reference (construct.stain)
+    run: Path | None = None  # the run folder the reference is read from (None: no normalisation)
 
 
 @dataclass
@@ -148,12 +158,13 @@ def segment_slide(path: Path, cfg: SlideConfig, predictor: Predictor, progress: 
             d = tissue_downsample(slide.dimensions, slide.mpp)
             tissue = detect_tissue(slide.thumbnail(d), d, slide.mpp, cfg.tissue_threshold)
             origins = grid.tissue_tiles(tissue)
+            normalizer, stain = _fit_stain(cfg, slide, grid, origins, path.stem)
         sink = StitchedSlideSink(out_dir, work, slide, grid, tissue, origins, predictor.classes, cfg.target_mpp,
-                                 {**cfg.meta, "gate": GATE}, cfg.mask_values, cfg.vector_mpp, cfg.min_area_um2,
-                                 phases)
+                                 {**cfg.meta, "gate": GATE, "stain": stain}, cfg.mask_values, cfg.vector_mpp,
+                                 cfg.min_area_um2, phases)
         # Argmax, not the CRF: blending overlapping tiles' soft scores is what decides a slide's labels.
-        run_inference(SlideTileSource(slide, grid, origins, phases), TimedPredictor(predictor, phases), [sink],
-                      GATE, crf=False,
+        run_inference(SlideTileSource(slide, grid, origins, phases),
+                      TimedPredictor(with_stain_norm(predictor, normalizer), phases), [sink], GATE, crf=False,
                       batch_size=cfg.batch_size, pred_threshold=cfg.pred_threshold, progress=progress,
                       desc=path.stem)
         summary = sink.written
@@ -162,6 +173,13 @@ def segment_slide(path: Path, cfg: SlideConfig, predictor: Predictor, progress: 
             slide.close()
         shutil.rmtree(work, ignore_errors=True)  # done, or failed: nothing half written stays
     return summary
+
+
+def _fit_stain(cfg: SlideConfig, slide, grid, origins: list[tuple[int, int]], name: str):
+    """One stain estimate per slide, from a spread sample of its tissue tiles."""
+    batches = (images_to_tensor(torch.from_numpy(np.stack([t.image for t in tiles])), torch.device("cpu"))
+               for tiles in SlideTileSource(slide, grid, spread(origins)).batches(STAIN_BATCH))
+    return fit_input(cfg.stain_norm, cfg.run, batches, f"slide {name}")
 
 
 def write_summary_csv(out: Path) -> None:

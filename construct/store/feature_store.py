@@ -279,6 +279,11 @@ class FeatureStore:
     def image_ids(self) -> list[str]:
         return [str(x) for x in self._small("image_ids")]
 
+    def record(self, key: str, value) -> None:
+        """Add (or replace) one JSON metadata attribute that is no part of the resume check."""
+        self._group.attrs[key] = value
+        self.meta[key] = value
+
     @property
     def image_paths(self) -> list[Path]:
         root = Path(self.meta["data_root"])

@@ -31,6 +31,7 @@ from construct.runs import (
 )
 from construct.seeding import seeded_init
 from construct.store import FeatureStore
+from construct.stain.runs import RUN_KEY, store_reference
 from construct.store.in_memory import gib
 from construct.train.augment import apply_symmetries, draw_symmetries
 from construct.train.config import TrainConfig
@@ -94,6 +95,12 @@ def _check_stores(cfg: TrainConfig, store: FeatureStore, val: FeatureStore | Non
             found = f"shape {val.shape(name)}" if val.has(name) else "missing"
             raise ConstructError(f"{val.path}: validation store's {name} is {found}, the train store's is "
                                  f"{store.shape(name)} (extract both with the same --image-size and taps)")
+
+
+def _stain_reference(store: FeatureStore) -> dict | None:
+    """The training tiles' stain reference (construct.stain), recorded with the run for inference."""
+    ref = store_reference(store)
+    return ref.to_dict() if ref is not None else None
 
 
 def _check_resumed_store(run: Path, store: FeatureStore) -> None:
@@ -210,6 +217,7 @@ def _train(cfg, store, val, hc, run, device, resume, progress, world: World) -> 
             "store": {"path": str(Path(cfg.features).resolve()), "n_rows": store.n_rows,
                       "random_weights": store.random_weights, "layout": store.layout.to_dict(),
                       "preprocessing": store.meta["preprocessing"]},
+            RUN_KEY: _stain_reference(store),
         })
     plan = describe_plan(cfg, store, per_epoch, total_steps, n_trainable)
     for line in plan:

@@ -14,7 +14,7 @@ from construct.evaluate import evaluate_predictions, format_table
 
 JSON_KEYS = {
     "protocol", "split", "n_images", "classes", "mIoU", "mDice", "FwIoU", "pixel_accuracy", "IoU", "Dice",
-    "confusion", "n_missing", "missing", "extra", "random_weights", "synthetic",
+    "confusion", "n_missing", "missing", "extra", "random_weights", "synthetic", "stain",
 }
 
 

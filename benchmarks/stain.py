@@ -1,0 +1,167 @@
+"""Stain shifts on the real-pixel test split: how much a head run and its student lose, with and without
+stain normalisation (issue 23).
+
+The test tiles of `benchmarks/real_pixels.py build` are recoloured as other labs' stains would look:
+SHIFTS random H&E shifts (colour deconvolution with Ruifrok & Johnston's matrix, hematoxylin and eosin
+concentrations each scaled by U(0.7, 1.35) with at least one of them 25% off, and offset by U(-0.03, 0.03);
+the strength of the issue's examples) and one Reinhard-style colour transfer (the tissue's CIELAB mean and
+std moved). Each model refines every version with `--stain-norm none`, `macenko` and `reinhard` (gate gt;
+the input's stain is estimated once per split), and `construct eval` scores it.
+
+drop = mIoU on the original tiles without normalisation - mIoU on a shifted version (with the method);
+`unshifted change` = mIoU on the original tiles with the method - without. Ends with `worst_drop: X`, the
+worst drop of either model with the default method (construct.stain.methods.DEFAULT_METHOD).
+
+Cheap enough for a laptop: random-tiny backbones, the demo preset, a 3-epoch U-Net ResNet-18 student.
+
+    python benchmarks/stain.py --data /work/data/real --workdir work/stain
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from _common import base_parser, finish, report, workdir
+from PIL import Image
+
+from construct.data.classes import BCSS
+from construct.data.dataset import list_split
+from construct.evaluate.run import evaluate_predictions
+from construct.refine import RefineConfig, refine
+from construct.stain.augment import hed_recolour
+from construct.stain.colour import as_rows, from_rows, lab_to_rgb, rgb_to_lab
+from construct.stain.estimate import tissue_mask
+from construct.stain.methods import DEFAULT_METHOD, METHODS
+
+SHIFTS = 4
+SCALE_RANGE = (0.7, 1.35)
+MIN_OFF = 0.25  # at least one stain scaled this far from 1
+OFFSET = 0.03
+# The colour transfer: tissue CIELAB mean moved (L, a, b) and std scaled, as a paler, bluer lab's.
+TRANSFER_MEAN = (8.0, -10.0, -6.0)
+TRANSFER_STD = (0.85, 0.8, 1.2)
+
+
+def shifts(seed: int) -> dict[str, dict]:
+    rng = np.random.default_rng(seed)
+    out: dict[str, dict] = {}
+    while len(out) < SHIFTS:
+        h, e = rng.uniform(*SCALE_RANGE, 2)
+        if max(abs(h - 1), abs(e - 1)) < MIN_OFF:
+            continue
+        oh, oe = rng.uniform(-OFFSET, OFFSET, 2)
+        out[f"hed{len(out) + 1}"] = {"h": round(float(h), 3), "e": round(float(e), 3), "h_offset": round(float(oh), 3),
+                                     "e_offset": round(float(oe), 3)}
+    out["reinhard"] = {"lab_mean_shift": TRANSFER_MEAN, "lab_std_scale": TRANSFER_STD}
+    return out
+
+
+def recolour(images01: torch.Tensor, shift: dict) -> torch.Tensor:
+    if "h" in shift:
+        b = len(images01)
+        scale = torch.tensor([shift["h"], shift["e"], 1.0]).repeat(b, 1)
+        offset = torch.tensor([shift["h_offset"], shift["e_offset"], 0.0]).repeat(b, 1)
+        return hed_recolour(images01, scale, offset)
+    rows = as_rows(images01)
+    tissue = tissue_mask(rows)
+    lab = rgb_to_lab(rows)
+    mean = lab[tissue].mean(0)
+    moved = lab_to_rgb((lab - mean) * torch.tensor(shift["lab_std_scale"]) + mean + torch.tensor(shift["lab_mean_shift"]))
+    moved = torch.where(tissue[:, None], moved, rows)
+    return from_rows(moved, images01)
+
+
+def make_shifted(data: Path, out: Path, shift: dict) -> Path:
+    """A dataset root whose test split is `data`'s, recoloured (one transform for the whole split)."""
+    if (out / "test" / "done").is_file():
+        return out
+    img = out / "test" / "img"
+    img.mkdir(parents=True, exist_ok=True)
+    samples = list_split(data, "test", BCSS)
+    images = torch.stack([torch.from_numpy(np.asarray(Image.open(s.image_path).convert("RGB")).copy())
+                          for s in samples]).permute(0, 3, 1, 2).float() / 255
+    # The colour transfer moves the split's statistics as a whole: computed over all its tiles at once.
+    shifted = recolour(images, shift)
+    for s, im in zip(samples, shifted):
+        Image.fromarray((im.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(img / s.image_path.name)
+    mask = out / "test" / "mask"
+    if not mask.exists():
+        mask.symlink_to((data / "test" / "mask").resolve())
+    (out / "test" / "done").write_text("")
+    return out
+
+
+def construct(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "construct", *args], check=True)
+
+
+def make_runs(data: Path, work: Path, conch: str, segformer: str, device: str, epochs: int,
+              models: list[str]) -> dict[str, Path]:
+    head, student = work / "runs" / "head", work / "runs" / "student"
+    for split in ("train", "valid"):
+        construct("extract", "--data", str(data), "--split", split, "--out", str(work / "features" / f"{split}.zarr"),
+                  "--conch", conch, "--segformer", segformer, "--device", device, "--quiet")
+    if not (head / "head_best.safetensors").exists() and not (head / "head_last.safetensors").exists():
+        construct("train", "--features", str(work / "features" / "train.zarr"), "--val-features",
+                  str(work / "features" / "valid.zarr"), "--out", str(head), "--preset", "demo", "--device", device,
+                  "--quiet")
+    history = student / "metrics.jsonl"
+    if "student" in models and (not history.is_file() or len(history.read_text().splitlines()) < epochs):
+        resume = ["--resume"] if (student / "config.json").is_file() else []
+        construct("distill", "--run", str(head), "--data", str(data), "--out", str(student), "--epochs", str(epochs),
+                  "--device", device, "--quiet", *resume)
+    return {k: v for k, v in {"head": head, "student": student}.items() if k in models}
+
+
+def score(run: Path, data: Path, out: Path, method: str, device: str) -> float:
+    metrics = out / "metrics.json"
+    if not metrics.is_file():
+        refine(RefineConfig(run=run, data=data, split="test", out=out, gate="gt", stain_norm=method, device=device,
+                            workers=1), progress=False)
+        evaluate_predictions(out, data, "test", classes=BCSS, json_path=metrics, progress=False)
+    import json
+
+    return float(json.loads(metrics.read_text())["mIoU"])
+
+
+def main() -> None:
+    p = base_parser("stain", __doc__.splitlines()[0])
+    p.add_argument("--data", type=Path, default=Path("/work/data/real"), help="real-pixel dataset root")
+    p.add_argument("--epochs", type=int, default=3, help="student epochs")
+    p.add_argument("--seed", type=int, default=0, help="of the random shifts")
+    p.add_argument("--models", default="head,student", help="which runs to score (head: no student trained)")
+    p.set_defaults(conch="random-tiny", segformer="random-tiny")
+    args = p.parse_args()
+    with workdir(args.workdir) as work:
+        runs = make_runs(args.data, work, args.conch, args.segformer, args.device, args.epochs,
+                         args.models.split(","))
+        versions = {"original": args.data}
+        table = shifts(args.seed)
+        for name, shift in table.items():
+            versions[name] = make_shifted(args.data, work / "shifted" / name, shift)
+        figures: dict = {"shifts": table, "models": {}}
+        worst = 0.0
+        for model, run in runs.items():
+            miou = {m: {v: score(run, root, work / "pred" / model / m / v, m, args.device)
+                        for v, root in versions.items()} for m in METHODS}
+            base = miou["none"]["original"]
+            rows = {}
+            for m in METHODS:
+                drops = [base - miou[m][v] for v in versions if v != "original"]
+                rows[m] = {"mIoU": miou[m], "mean_drop": round(float(np.mean(drops)), 2),
+                           "worst_drop": round(float(max(drops)), 2),
+                           "unshifted_change": round(miou[m]["original"] - base, 2)}
+                report(f"{model} {m}: mean / worst drop", f"{rows[m]['mean_drop']:.2f} / {rows[m]['worst_drop']:.2f}",
+                       f"(unshifted {rows[m]['unshifted_change']:+.2f}; original {base:.2f})")
+            figures["models"][model] = rows
+            worst = max(worst, rows[DEFAULT_METHOD]["worst_drop"])
+        figures["default_method"] = DEFAULT_METHOD
+        finish("worst_drop", worst, figures, args, digits=2)
+
+
+if __name__ == "__main__":
+    main()
