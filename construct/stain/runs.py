@@ -112,7 +112,7 @@ def fit_input(method: str, run: Path | None, batches: Iterable[torch.Tensor],
     """The normaliser of one input (a split, a folder, a slide: `batches` of a sample of its tiles) to the
     reference of `run` (None: no run, no normalisation), and its record for the outputs; see
     `fit_normalizer`."""
-    from construct.head.io import read_run_config
+    from construct.runs import read_run_config
 
     if run is None:
         method = "none"

@@ -12,7 +12,7 @@ from PIL import Image
 from construct.data.classes import BCSS
 from construct.errors import ConstructError
 from construct.evaluate.run import evaluate_predictions
-from construct.head.io import read_run_config
+from construct.runs import read_run_config
 from construct.slide.run import SlideConfig, segment_slides
 from construct.slide.synthetic import ColourPredictor
 from construct.stain.methods import DEFAULT_METHOD
