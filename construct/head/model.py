@@ -83,13 +83,28 @@ class ResidualAdapter(nn.Module):
         return x + self.body(x)
 
 
+# Std of the adaptive layers' truncated-normal weights (the authors' init; their biases start at 0).
+ADAPTIVE_INIT_STD = 0.02
+
+
 class AdaptiveLayer(nn.Module):
-    """Maps prototypes from the text space into one level's feature space."""
+    """Maps prototypes from the text space into one level's feature space.
+
+    Initialised as the authors do: truncated-normal weights of std 0.02, zero biases. PyTorch's default
+    Linear init (uniform weights of bound 1/sqrt(fan_in) and biases of the same scale) adds one shared
+    bias vector that dominates the output: four orthogonal text embeddings come out at mean pairwise
+    cosine ~0.95, so the CAMs would start class-identical whatever the text says. Without biases the
+    output is a function of the text alone and keeps its pairwise structure (the same four: ~0.3).
+    """
 
     def __init__(self, embed_dim: int, width: int, n_ratio: float):
         super().__init__()
         hidden = int(embed_dim * n_ratio)
         self.net = nn.Sequential(nn.Linear(embed_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, width))
+        for layer in self.net:
+            if isinstance(layer, nn.Linear):
+                nn.init.trunc_normal_(layer.weight, std=ADAPTIVE_INIT_STD)
+                nn.init.zeros_(layer.bias)
 
     def forward(self, p: torch.Tensor) -> torch.Tensor:
         return self.net(p)
