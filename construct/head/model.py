@@ -35,6 +35,7 @@ class HeadConfig:
     n_ratio: float = 0.5  # hidden width of the adaptive layers, relative to embed_dim
     tau_init: float = 1 / 0.07
     grid: int = 14
+    align_corners: bool = False  # of the CAMs' bilinear upsampling in `fuse_levels` (True: the authors')
 
     def __post_init__(self) -> None:
         self.cam_levels = tuple(self.cam_levels)
@@ -125,12 +126,13 @@ def tokens_to_map(tokens: torch.Tensor, grid: int) -> torch.Tensor:
     return tokens.transpose(1, 2).reshape(b, d, grid, grid)
 
 
-def resize(x: torch.Tensor, size: int) -> torch.Tensor:
+def resize(x: torch.Tensor, size: int, align_corners: bool = False) -> torch.Tensor:
+    """Square maps to `size`: average pooling by whole factors, else bilinear."""
     if x.shape[-1] == size:
         return x
     if x.shape[-1] % size == 0:
         return F.avg_pool2d(x, x.shape[-1] // size)
-    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=align_corners)
 
 
 class ConStructHead(nn.Module):
@@ -193,7 +195,7 @@ class ConStructHead(nn.Module):
         size = size or self.config.grid
         fused = 0.0
         for k, w in zip(self.config.cam_levels, self.config.fuse_weights):
-            fused = fused + w * resize(maps[k], size)
+            fused = fused + w * resize(maps[k], size, self.config.align_corners)
         return fused
 
 

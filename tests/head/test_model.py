@@ -72,3 +72,16 @@ def test_cams_of_different_classes_differ_before_training(seed):
         corr = torch.einsum("bcn,bdn->bcd", maps, maps)
         mean_corr = sum(mean_pairwise(c) for c in corr) / len(corr)
         assert mean_corr < 0.6, f"level {level}: class CAMs correlate at {mean_corr:.2f}"
+
+
+@pytest.mark.parametrize("align_corners, expected", [
+    (False, [0.0, 0.25, 0.75, 1.0]),  # cell centres at 1/4 and 3/4 of the image: each cell over its patch
+    (True, [0.0, 1 / 3, 2 / 3, 1.0]),  # corner cells pinned to the corner pixels (the authors')
+])
+def test_cam_upsampling_follows_align_corners(align_corners, expected):
+    cfg = HeadConfig(n_classes=1, width=8, embed_dim=8, cam_levels=(4,), bce_weights=(1.0,), fuse_weights=(1.0,),
+                     distill_levels=(4,), grid=2, align_corners=align_corners)
+    head = ConStructHead(cfg)
+    level_map = torch.tensor([[0.0, 1.0], [0.0, 1.0]]).view(1, 1, 2, 2)
+    fused = head.fuse_levels({4: level_map}, size=4)
+    torch.testing.assert_close(fused[0, 0, 0], torch.tensor(expected))

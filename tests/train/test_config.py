@@ -24,3 +24,17 @@ def test_layers_apply_in_order(tmp_path):
 def test_negative_workers_refused():
     with pytest.raises(ConstructError, match="workers"):
         resolve_config("paper", None, workers=-1)
+
+
+def test_paper_preset_takes_the_authors_choices_and_demo_keeps_ours():
+    paper, demo = resolve_config("paper"), resolve_config("demo")
+    assert (paper.cam_align_corners, paper.bank_init, paper.fg_threshold_scope) == (True, "random", "image")
+    assert (demo.cam_align_corners, demo.bank_init, demo.fg_threshold_scope) == (False, "empty", "class")
+    assert resolve_config("paper", None, bank_init="empty").bank_init == "empty"  # flags still win
+
+
+@pytest.mark.parametrize("setting, value", [
+    ("bank_init", "zeros"), ("fg_threshold_scope", "batch"), ("loss_weighting_lr", 0.0)])
+def test_bad_fidelity_settings_refused(setting, value):
+    with pytest.raises(ConstructError, match=setting):
+        resolve_config("paper", None, **{setting: value})
