@@ -216,7 +216,7 @@ def train(features, val_features, out, preset, config_file, no_distill, no_contr
     """Learn the ConStruct head (adapters, prototypes, projections) from a feature store only."""
     from construct.distributed import is_main_process
     from construct.head.io import read_run_config
-    from construct.train.config import TrainConfig, resolve_config
+    from construct.train.config import resolve_config, resumed_config
     from construct.train.trainer import train as run_train
 
     out = out or Path("runs/construct")
@@ -225,11 +225,10 @@ def train(features, val_features, out, preset, config_file, no_distill, no_contr
 
         meta = read_run_config(out)
         require_kind(out, meta, HEAD_KIND, "train --resume")
-        # Settings added since the run started take the dataclass defaults: the behaviour it started with.
-        saved = {**TrainConfig().to_dict(), **meta["train"]}
+        saved = meta["train"]
         # The run folder may have moved; where it runs (device, loader processes, memory) may change too.
         saved.update(out=str(out), **{k: flags[k] for k in PLACEMENT_FLAGS if flags[k] is not None})
-        cfg = resolve_config(saved["preset"], None, **{k: v for k, v in saved.items() if k != "preset"})
+        cfg = resumed_config(saved)
     else:
         cfg = resolve_config(
             preset, config_file, features=str(features), val_features=str(val_features) if val_features else None,

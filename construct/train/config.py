@@ -179,3 +179,11 @@ def resolve_config(preset: str = "paper", config_file: Path | None = None, **fla
     if cfg.checkpoint_every < 1 or cfg.bank_size < 1 or (cfg.workers is not None and cfg.workers < 0):
         raise ConstructError("checkpoint_every and bank_size must be >= 1 and workers >= 0")
     return cfg
+
+
+def resumed_config(saved: dict) -> TrainConfig:
+    """The settings of a run being resumed, from the `train` table of its run config. Settings added since
+    it started take the dataclass defaults, which keep the behaviour from before they existed (a preset's
+    value for them could change the run half-way)."""
+    values = {**TrainConfig().to_dict(), **saved}
+    return resolve_config(values["preset"], None, **{k: v for k, v in values.items() if k != "preset"})

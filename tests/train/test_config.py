@@ -3,7 +3,7 @@
 import pytest
 
 from construct.errors import ConstructError
-from construct.train.config import TrainConfig, resolve_config
+from construct.train.config import TrainConfig, resolve_config, resumed_config
 
 
 def test_loader_runs_in_process_on_cpu_and_in_one_process_with_a_gpu():
@@ -38,3 +38,14 @@ def test_paper_preset_takes_the_authors_choices_and_demo_keeps_ours():
 def test_bad_fidelity_settings_refused(setting, value):
     with pytest.raises(ConstructError, match=setting):
         resolve_config("paper", None, **{setting: value})
+
+
+def test_a_run_started_before_a_setting_existed_resumes_without_it():
+    """An old paper-preset run has no bank_init etc. in its run config: it resumes as it trained (ours),
+    not with the preset's newer values; a run that recorded them keeps them."""
+    saved = resolve_config("paper", None, lr=0.5).to_dict()
+    assert resumed_config(saved).to_dict() == saved
+    for new in ("cam_align_corners", "bank_init", "fg_threshold_scope", "loss_weighting_lr"):
+        del saved[new]
+    old = resumed_config(saved)
+    assert (old.cam_align_corners, old.bank_init, old.fg_threshold_scope, old.lr) == (False, "empty", "class", 0.5)
