@@ -39,7 +39,7 @@ class TrainConfig:
     loss_weighting: str = "fixed"  # fixed: the weights above; uncertainty: learned (Kendall et al. 2018)
     # Learning rate of the learned log-variances (uncertainty weighting), poly-decayed like the head's.
     # They must move by about log(1 / (w·L)) (~1.2 for the contrast term) within the schedule; at the
-    # head's lr 2e-5 Adam moves them ~0.05 over the paper's 4,684 steps (README, "Loss balance").
+    # head's lr 2e-5 Adam moves them ~0.05 over the paper's 4,684 steps (README, "Deviations").
     loss_weighting_lr: float = 1e-2
     aux_ramp: float = 0.0  # fraction of the steps over which distill and contrast weights rise from 0
     distill: bool = True
