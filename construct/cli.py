@@ -182,8 +182,18 @@ TRAIN_OPTIONS = (
     click.option("--loss-weighting", "--weighting", "loss_weighting", type=click.Choice(["fixed", "uncertainty"]),
                  default=None,
                  help="fixed: the preset's weights (paper 1/1.5/0.2); uncertainty: learned (Kendall et al. 2018)."),
+    click.option("--loss-weighting-lr", type=float, default=None,
+                 help="Learning rate of the learned loss weights (uncertainty) [default: 0.01]."),
     click.option("--aux-ramp", type=float, default=None,
                  help="Fraction of the steps over which distillation and contrast weights rise from 0 [paper: 0]."),
+    click.option("--cam-align-corners/--no-cam-align-corners", default=None,
+                 help="Upsample CAMs with align_corners, as the authors' code [paper: on; demo: off]."),
+    click.option("--bank-init", type=click.Choice(["empty", "random"]), default=None,
+                 help="Contrast memory bank at step 1: empty, or random unit vectors as the authors' code "
+                      "[paper: random; demo: empty]."),
+    click.option("--fg-threshold-scope", type=click.Choice(["class", "image"]), default=None,
+                 help="FG threshold relative to each class map's max, or to the image's max over all classes "
+                      "as the authors' code [paper: image; demo: class]."),
     click.option("--augment/--no-augment", default=None,
                  help="Random flips/rotations of the stored feature maps [default: the preset's]."),
     click.option("--seed", type=int, default=None, help="[default: 0]"),
@@ -195,8 +205,8 @@ TRAIN_OPTIONS = (
 )
 # Where a run runs, not what it learns: a resumed run may change these.
 PLACEMENT_FLAGS = ("device", "workers", "memory_gb")
-TRAIN_FLAGS = ("steps", "epochs", "batch_size", "lr", "warmup", "loss_weighting", "aux_ramp", "augment", "seed",
-               *PLACEMENT_FLAGS)
+TRAIN_FLAGS = ("steps", "epochs", "batch_size", "lr", "warmup", "loss_weighting", "loss_weighting_lr", "aux_ramp",
+               "cam_align_corners", "bank_init", "fg_threshold_scope", "augment", "seed", *PLACEMENT_FLAGS)
 # The ablation switches: flag → (setting, its value when the flag is given).
 ABLATION_SWITCHES = {"no_distill": ("distill", False), "no_contrast": ("contrast", False),
                      "no_text_init": ("text_init", False)}
@@ -263,7 +273,7 @@ def train(features, val_features, out, preset, config_file, no_distill, no_contr
           **flags) -> None:
     """Learn the ConStruct head (adapters, prototypes, projections) from a feature store only."""
     from construct.distributed import is_main_process
-    from construct.train.config import resolve_config
+    from construct.train.config import resolve_config, resumed_config
     from construct.train.trainer import train as run_train
 
     out = out or Path("runs/construct")
@@ -278,7 +288,7 @@ def train(features, val_features, out, preset, config_file, no_distill, no_contr
                                  f"{', '.join(changed)} differ (use another --out for a new run)")
         # The run folder may have moved; where it runs (device, loader processes, memory) may change too.
         saved.update(out=str(out), **{k: flags[k] for k in PLACEMENT_FLAGS if flags[k] is not None})
-        cfg = resolve_config(saved["preset"], None, **{k: v for k, v in saved.items() if k != "preset"})
+        cfg = resumed_config(saved)
     else:
         cfg = resolve_config(
             preset, config_file, features=str(features), val_features=str(val_features) if val_features else None,

@@ -35,6 +35,7 @@ class HeadConfig:
     n_ratio: float = 0.5  # hidden width of the adaptive layers, relative to embed_dim
     tau_init: float = 1 / 0.07
     grid: int = 14
+    align_corners: bool = False  # of the CAMs' bilinear upsampling in `fuse_levels` (True: the authors')
 
     def __post_init__(self) -> None:
         self.cam_levels = tuple(self.cam_levels)
@@ -83,13 +84,28 @@ class ResidualAdapter(nn.Module):
         return x + self.body(x)
 
 
+# Std of the adaptive layers' truncated-normal weights (the authors' init; their biases start at 0).
+ADAPTIVE_INIT_STD = 0.02
+
+
 class AdaptiveLayer(nn.Module):
-    """Maps prototypes from the text space into one level's feature space."""
+    """Maps prototypes from the text space into one level's feature space.
+
+    Initialised as the authors do: truncated-normal weights of std 0.02, zero biases. PyTorch's default
+    Linear init (uniform weights of bound 1/sqrt(fan_in) and biases of the same scale) adds one shared
+    bias vector that dominates the output: four orthogonal text embeddings come out at mean pairwise
+    cosine ~0.95, so the CAMs would start class-identical whatever the text says. Without biases the
+    output is a function of the text alone and keeps its pairwise structure (the same four: ~0.3).
+    """
 
     def __init__(self, embed_dim: int, width: int, n_ratio: float):
         super().__init__()
         hidden = int(embed_dim * n_ratio)
         self.net = nn.Sequential(nn.Linear(embed_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, width))
+        for layer in self.net:
+            if isinstance(layer, nn.Linear):
+                nn.init.trunc_normal_(layer.weight, std=ADAPTIVE_INIT_STD)
+                nn.init.zeros_(layer.bias)
 
     def forward(self, p: torch.Tensor) -> torch.Tensor:
         return self.net(p)
@@ -110,12 +126,13 @@ def tokens_to_map(tokens: torch.Tensor, grid: int) -> torch.Tensor:
     return tokens.transpose(1, 2).reshape(b, d, grid, grid)
 
 
-def resize(x: torch.Tensor, size: int) -> torch.Tensor:
+def resize(x: torch.Tensor, size: int, align_corners: bool = False) -> torch.Tensor:
+    """Square maps to `size`: average pooling by whole factors, else bilinear."""
     if x.shape[-1] == size:
         return x
     if x.shape[-1] % size == 0:
         return F.avg_pool2d(x, x.shape[-1] // size)
-    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=align_corners)
 
 
 class ConStructHead(nn.Module):
@@ -178,7 +195,7 @@ class ConStructHead(nn.Module):
         size = size or self.config.grid
         fused = 0.0
         for k, w in zip(self.config.cam_levels, self.config.fuse_weights):
-            fused = fused + w * resize(maps[k], size)
+            fused = fused + w * resize(maps[k], size, self.config.align_corners)
         return fused
 
 

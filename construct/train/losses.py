@@ -28,10 +28,13 @@ def relational_distillation_loss(student: torch.Tensor, teacher: torch.Tensor) -
     return F.mse_loss(affinity(student), affinity(teacher.float()))
 
 
-def soft_region_weights(cam: torch.Tensor, threshold: float, softness: float) -> torch.Tensor:
+def soft_region_weights(cam: torch.Tensor, threshold: float, softness: float, scope: str = "class") -> torch.Tensor:
     """Soft foreground membership of each token: sigmoid((cam / max - threshold) / softness).
-    A hard `cam > threshold * max` would cut the gradient to the CAM."""
-    peak = cam.flatten(2).max(dim=2).values[:, :, None, None].clamp(min=1e-6)
+    A hard `cam > threshold * max` would cut the gradient to the CAM. `scope`: the max of each
+    (image, class) map (`class`), or of the image's maps of all classes (`image`, the authors')."""
+    per_class = cam.flatten(2).max(dim=2).values  # (B, C)
+    peak = per_class if scope == "class" else per_class.max(dim=1, keepdim=True).values
+    peak = peak[:, :, None, None].clamp(min=1e-6)
     return torch.sigmoid((cam / peak - threshold) / softness)
 
 
@@ -63,12 +66,20 @@ def fg_bg_contrastive_loss(
 
 
 class MemoryBank:
-    """FIFO of past background embeddings (detached), the contrastive term's extra negatives."""
+    """FIFO of past background embeddings (detached), the contrastive term's extra negatives.
 
-    def __init__(self, size: int, dim: int):
-        self.buffer = torch.zeros(size, dim)
+    init `empty` holds only embeddings pushed so far; `random` starts full of random unit vectors drawn
+    from `seed` (the authors' bank), which background embeddings then replace, oldest first."""
+
+    def __init__(self, size: int, dim: int, init: str = "empty", seed: int = 0):
         self.ptr = 0
-        self.count = 0
+        if init == "random":
+            gen = torch.Generator().manual_seed(seed)
+            self.buffer = F.normalize(torch.randn(size, dim, generator=gen), dim=1)
+            self.count = size
+        else:
+            self.buffer = torch.zeros(size, dim)
+            self.count = 0
 
     def get(self) -> torch.Tensor:
         return self.buffer[: self.count].clone()  # push() writes in place before backward

@@ -48,7 +48,7 @@ def compute_losses(
         cam = net.fused_cam(out) * gate
         if not cfg.contrast_mask_grad:  # see TrainConfig.contrast_mask_grad
             cam = cam.detach()
-        weights = soft_region_weights(cam, cfg.fg_threshold, cfg.fg_softness).flatten(2)
+        weights = soft_region_weights(cam, cfg.fg_threshold, cfg.fg_softness, cfg.fg_threshold_scope).flatten(2)
         tokens = maps[CONTRAST_TOKENS].flatten(2).transpose(1, 2)  # (B, N, D)
         # Both regions of every class in one call: the tokens' keys and values are computed once.
         regions = contrastive_head.pool_masked(tokens, torch.cat([weights, 1 - weights], dim=1))

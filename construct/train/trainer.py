@@ -69,6 +69,7 @@ def _head_config(cfg: TrainConfig, store: FeatureStore) -> HeadConfig:
         n_classes=len(store.classes), width=width, embed_dim=store.text_embeddings.shape[1],
         cam_levels=cfg.cam_levels, bce_weights=cfg.bce_weights, fuse_weights=cfg.fuse_weights,
         distill_levels=cfg.distill_levels, n_ratio=cfg.n_ratio, grid=int(math.isqrt(n_tokens)),
+        align_corners=cfg.cam_align_corners,
     )
 
 
@@ -187,12 +188,12 @@ def _train(cfg, store, val, hc, run, device, resume, progress, world: World) -> 
     chead = ContrastiveHead.from_state_dict(
         {k: torch.from_numpy(v) for k, v in store.contrastive_head_state().items()}).to(device)
     chead.requires_grad_(False).eval()
-    bank = MemoryBank(cfg.bank_size, hc.embed_dim) if cfg.contrast else None
+    bank = MemoryBank(cfg.bank_size, hc.embed_dim, cfg.bank_init, cfg.seed) if cfg.contrast else None
     per_epoch = len(epoch_batches(store.n_rows, cfg.batch_size, cfg.seed, 0))
     total_steps = cfg.total_steps(per_epoch)
     weighting = LossWeighting(cfg, total_steps).to(device)
     params = [p for p in head.parameters() if p.requires_grad]
-    opt = _optimizer(cfg, params + [p for p in weighting.parameters() if p.requires_grad])
+    opt = build_optimizer(cfg, params, weighting)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, functools.partial(
         lr_factor, total=total_steps, warmup=round(cfg.warmup * total_steps), power=cfg.poly_power))
     n_trainable = head.n_trainable()
@@ -317,7 +318,9 @@ def describe_plan(cfg: TrainConfig, store: FeatureStore, per_epoch: int, total: 
     ramp = f", ramped in over {round(cfg.aux_ramp * total)} steps" if cfg.aux_ramp and len(terms) > 1 else ""
     lines = [f"plan: {store.n_rows} tiles, batch {cfg.batch_size}, {total} steps ({epochs:.3g} epochs), "
              f"lr {cfg.lr:g} ({cfg.optimizer}, warm-up {warmup} steps, poly {cfg.poly_power:g}), "
-             f"loss weights {cfg.loss_weighting}: {', '.join(terms)}{ramp}; "
+             f"loss weights {cfg.loss_weighting}"
+             f"{f' (lr {cfg.loss_weighting_lr:g})' if cfg.loss_weighting == 'uncertainty' else ''}: "
+             f"{', '.join(terms)}{ramp}; "
              f"{n_trainable:,} trainable parameters"]
     counts = store.labels.sum(axis=0).astype(int)
     seen = counts * total * cfg.batch_size / max(1, store.n_rows)  # positive examples of each class over the plan
@@ -330,10 +333,18 @@ def describe_plan(cfg: TrainConfig, store: FeatureStore, per_epoch: int, total: 
     return lines
 
 
-def _optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+def build_optimizer(
+    cfg: TrainConfig, params: list[torch.nn.Parameter], weighting: LossWeighting,
+) -> torch.optim.Optimizer:
+    """The head's parameters at `lr`; learned log-variances, when trained, in a group of their own at
+    `loss_weighting_lr` and without weight decay (which would pull each weight back towards 1)."""
+    groups = [{"params": params}]
+    learned = [p for p in weighting.parameters() if p.requires_grad]
+    if learned:
+        groups.append({"params": learned, "lr": cfg.loss_weighting_lr, "weight_decay": 0.0})
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def _record(run: Path, head, weighting, opt, sched, bank, val, device, state: dict, every: int, per_epoch: int,

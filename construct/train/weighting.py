@@ -2,9 +2,12 @@
 
 `fixed`: the configured weights (the paper's 1.0 / 1.5 / 0.2). `uncertainty` (Kendall, Gal and Cipolla,
 CVPR 2018): each term k gets a learnable log-variance s_k and contributes exp(-s_k)·w_k·L_k + s_k, so a
-term's weight settles near 1 / (w_k·L_k): a term that cannot be lowered (InfoNCE on embeddings that carry
-no class signal saturates near log of its number of candidates) is weighted down by its own size, while
-the classifier's weight grows as its loss falls. Both can ramp the auxiliary terms in from 0 over the
+term's learned factor exp(-s_k) settles near 1 / (w_k·L_k): a term that cannot be lowered (InfoNCE on
+embeddings that carry no class signal saturates near log of its number of candidates) is weighted down by
+its own size, while the classifier's weight grows as its loss falls. It settles only if the s_k can move
+that far (log(w_k·L_k), about 1.2 for the contrast term) within the schedule: they train at their own
+`loss_weighting_lr` (construct.train.trainer.build_optimizer), since at the head's lr 2e-5 Adam moves
+them by about 0.05 in the paper's 4,684 steps. Both can ramp the auxiliary terms in from 0 over the
 first `aux_ramp` of the steps, so they act on CAMs that already follow the image labels.
 """
 

@@ -120,7 +120,7 @@ def detach_term(monkeypatch, term: str) -> None:
         monkeypatch.setattr(objective, "relational_distillation_loss", lambda s, t: orig_distill(s.detach(), t))
     else:
         orig_weights, orig_contrast = objective.soft_region_weights, objective.fg_bg_contrastive_loss
-        monkeypatch.setattr(objective, "soft_region_weights", lambda cam, th, s: orig_weights(cam.detach(), th, s))
+        monkeypatch.setattr(objective, "soft_region_weights", lambda cam, *rest: orig_weights(cam.detach(), *rest))
         monkeypatch.setattr(objective, "fg_bg_contrastive_loss",
                             lambda fg, bg, c, p, bank, tau: orig_contrast(fg, bg, c, p.detach(), bank, tau))
 

@@ -228,3 +228,14 @@ def test_contrast_reads_no_other_block(pooler):
     grads = contrast_input_grads(toy_head(cam_levels=(4,)), pooler)
     assert grads["conch_b12"]
     assert not any(v for k, v in grads.items() if k != "conch_b12"), grads
+
+
+def test_soft_region_weights_image_scope_takes_the_max_over_all_classes():
+    """The authors' threshold: one max per image, over every class's map. Class 1 (max 1) is then
+    thresholded against class 0's max 2, so its peak token sits exactly at the threshold."""
+    cam = torch.tensor([[[[0.0, 1.0, 2.0]], [[0.0, 1.0, 0.0]]]])
+    got = soft_region_weights(cam, threshold=0.5, softness=0.25, scope="image")
+    expected = torch.tensor([[[[sigmoid(-2), 0.5, sigmoid(2)]], [[sigmoid(-2), 0.5, sigmoid(-2)]]]])
+    torch.testing.assert_close(got, expected.to(got.dtype), rtol=1e-6, atol=1e-7)
+    per_class = soft_region_weights(cam, threshold=0.5, softness=0.25, scope="class")
+    assert per_class[0, 1, 0, 1].item() == pytest.approx(sigmoid(2))  # its own max: well above
