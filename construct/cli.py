@@ -36,6 +36,13 @@ def user_errors(fn: Callable) -> Callable:
     return wrapper
 
 
+def precision_option(what: str, auto: str = "") -> Callable:
+    """--precision for a command whose `what` runs at it; `auto` says what auto takes before the hardware."""
+    return click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
+                        help=f"{what}. auto: {auto}bf16 where the device computes it natively (AMX, "
+                             f"AVX512-BF16, a bf16 GPU), else fp32.")
+
+
 def warn_random(recipes) -> None:
     specs = [f"{r.family}={r.spec}" for r in recipes if r.random_weights]
     if specs:
@@ -79,7 +86,7 @@ def synth(out: Path, n_train: int, n_valid: int, n_test: int, seed: int) -> None
 @click.option("--mpp", type=float, default=0.25, show_default=True, help="µm/px of the tiles (BCSS-WSSS: 0.25); `slide` tiles at it.")
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True, help="Forward precision.")
+@precision_option("The backbones' forward")
 @click.option("--store-dtype", type=click.Choice(["float16", "int8"]), default="float16", show_default=True, help="Stored activations.")
 @click.option("--seg-stages", default="3", show_default=True, help="SegFormer stages to store, e.g. 3 or 2,3.")
 @click.option("--workers", type=int, default=2, show_default=True, help="Image decoding processes.")
@@ -174,12 +181,15 @@ TRAIN_OPTIONS = (
                  help="Random flips/rotations of the stored feature maps [default: the preset's]."),
     click.option("--seed", type=int, default=None, help="[default: 0]"),
     click.option("--device", default=None, help="auto, cpu, cuda, ..."),
+    click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default=None,
+                 help="The head's forward (losses, optimizer state stay fp32). auto: bf16 where the device computes "
+                      "it natively (AMX, AVX512-BF16, a bf16 GPU), else fp32 [default: auto]."),
     click.option("--workers", type=int, default=None, help="Store reading processes [default: 0 on CPU, 1 with a GPU]."),
     click.option("--memory-gb", type=click.FloatRange(min=0), default=None,
                  help="Read a store whose training arrays fit in this many GiB into RAM once [default: 4; 0: stream]."),
 )
-# Where a run runs, not what it learns: a resumed run may change these.
-PLACEMENT_FLAGS = ("device", "workers", "memory_gb")
+# Where and how a run computes, not what it learns: a resumed run may change these.
+PLACEMENT_FLAGS = ("device", "workers", "memory_gb", "precision")
 TRAIN_FLAGS = ("steps", "epochs", "batch_size", "lr", "warmup", "loss_weighting", "aux_ramp", "augment", "seed",
                *PLACEMENT_FLAGS)
 
@@ -299,7 +309,7 @@ def ablate(features, val_features, out, variants, data, split, crf_workers, pres
               help="Which weights of the run (head or student).")
 @click.option("--conch", default=None, help="CONCH weights if not where the run recorded them (fingerprint-checked).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None, help="Backbone precision [default: the run's].")
+@precision_option("CONCH's forward (head run) or the student's", "the run's own --precision if it was given one, else ")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @user_errors
 def refine(run, data, split, images, out, gate, pred_threshold, tta, crf, batch_size, workers, save_scores,
@@ -350,7 +360,7 @@ def refine(run, data, split, images, out, gate, pred_threshold, tta, crf, batch_
 @click.option("--head", type=click.Choice(["best", "last"]), default="best", show_default=True, help="Which head weights.")
 @click.option("--conch", default=None, help="CONCH weights if not where the run recorded them (fingerprint-checked).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None, help="CONCH precision of a head run [default: the run's].")
+@precision_option("CONCH's forward (head run) or the student's", "the run's own --precision if it was given one, else ")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @user_errors
 def slide(slides, run, out, mpp, slide_mpp, overlap, tissue_threshold, tta, pred_threshold, batch_size, head, conch,
@@ -416,13 +426,15 @@ def slide(slides, run, out, mpp, slide_mpp, overlap, tissue_threshold, tta, pred
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--workers", type=int, default=2, show_default=True, help="CRF processes for the targets.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, ...")
+@precision_option("The teacher's forward and the student's (losses, optimizer state stay fp32)",
+                  "for the teacher, its run's own --precision if it was given one, else ")
 @click.option("--memory-gb", type=click.FloatRange(min=0), default=DEFAULT_MEMORY_GB, show_default=True,
               help="Read targets that fit in this many GiB into RAM once (0: stream them).")
 @click.option("--resume", is_flag=True, help="Continue a killed student run in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @user_errors
 def distill(run, data, out, targets, classes, arch, encoder, encoder_weights, epochs, batch_size, lr, crop, weighting,
-            w_mse, w_ce, no_tta, no_crf, conch, seed, workers, device, memory_gb, resume, quiet) -> None:
+            w_mse, w_ce, no_tta, no_crf, conch, seed, workers, device, precision, memory_gb, resume, quiet) -> None:
     """Stage 2: train a fast student segmentation network on a run's pseudo-masks.
 
     The run labels the train split as refine does (file-name labels, TTA, CRF) into RUN/targets/ (resumable,
@@ -436,7 +448,7 @@ def distill(run, data, out, targets, classes, arch, encoder, encoder_weights, ep
         run=run, data=data, out=out, targets=targets, classes=classes, arch=arch, encoder=encoder,
         encoder_weights=encoder_weights, epochs=epochs, batch_size=batch_size, lr=lr, crop=crop, weighting=weighting,
         w_mse=w_mse, w_ce=w_ce, tta=not no_tta, crf=not no_crf, conch=conch, seed=seed, target_workers=workers,
-        device=device, memory_gb=memory_gb,
+        device=device, precision=precision, memory_gb=memory_gb,
     )
     result = run_distill(cfg, resume=resume, progress=not quiet)
     from construct.distributed import is_main_process
@@ -457,9 +469,10 @@ def distill(run, data, out, targets, classes, arch, encoder, encoder_weights, ep
 @click.option("--steps", type=int, default=None, help="Training steps [default: the demo preset's, 720].")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--workers", type=int, default=2, show_default=True, help="CRF processes.")
+@precision_option("Every model's forward")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @user_errors
-def demo(out, n_train, n_valid, n_test, steps, seed, workers, quiet) -> None:
+def demo(out, n_train, n_valid, n_test, steps, seed, workers, precision, quiet) -> None:
     """The whole pipeline on synthetic data with random-tiny backbones: no download, no GPU.
 
     synth -> extract (train, valid) -> train (demo preset) -> refine (test) -> distill (a student) ->
@@ -471,7 +484,7 @@ def demo(out, n_train, n_valid, n_test, steps, seed, workers, quiet) -> None:
 
     click.secho(RANDOM_WARNING.format(specs="conch=random-tiny, segformer=random-tiny"), fg="yellow", err=True)
     cfg = DemoConfig(out=out, n_train=n_train, n_valid=n_valid, n_test=n_test, seed=seed, steps=steps,
-                     crf_workers=workers, progress=not quiet)
+                     crf_workers=workers, precision=precision, progress=not quiet)
     result = run_demo(cfg, echo=click.echo)
     click.echo("\n" + format_table(result.metrics) + "\n")
     verdict = "beats" if result.beats_baselines else "does NOT beat"

@@ -38,6 +38,7 @@ class DemoConfig:
     steps: int | None = None  # None: the demo preset's
     crf_workers: int = 2
     student_epochs: int = DEMO_STUDENT_EPOCHS
+    precision: str = "auto"  # every phase's (construct.runtime.resolve_precision)
     progress: bool = True
 
     @property
@@ -95,7 +96,8 @@ def _phases(cfg: DemoConfig) -> list[tuple[str, str, Callable[[], str]]]:
     def extract_split(split: str) -> Callable[[], str]:
         def run() -> str:
             r = extract(ExtractConfig(data=cfg.data, split=split, out=cfg.features / f"{split}.zarr",
-                                      conch=DEMO_BACKBONE, segformer=DEMO_BACKBONE, device="cpu"),
+                                      conch=DEMO_BACKBONE, segformer=DEMO_BACKBONE, device="cpu",
+                                      precision=cfg.precision),
                         progress=cfg.progress)
             return f"{r.n_rows} rows, {r.n_extracted} extracted now ({r.images_per_s:.1f} img/s)"
         return run
@@ -103,49 +105,52 @@ def _phases(cfg: DemoConfig) -> list[tuple[str, str, Callable[[], str]]]:
     def train_head() -> str:
         tc = resolve_config(DEMO_PRESET, None, features=str(cfg.features / "train.zarr"),
                             val_features=str(cfg.features / "valid.zarr"), out=str(cfg.run), steps=cfg.steps,
-                            seed=cfg.seed, device="cpu")
+                            seed=cfg.seed, device="cpu", precision=cfg.precision)
         r = train(tc, resume=(cfg.run / RUN_CONFIG).is_file(), progress=cfg.progress)
         return f"{r.n_trainable:,} trainable parameters, best val mIoU {r.best_miou:.2f}"
 
     def refine_test() -> str:
         r = refine(RefineConfig(run=cfg.run, data=cfg.data, split="test", out=cfg.predictions,
-                                workers=cfg.crf_workers, device="cpu"), progress=cfg.progress)
+                                workers=cfg.crf_workers, device="cpu", precision=cfg.precision),
+                   progress=cfg.progress)
         if r.n_written == 0:
             return f"all {r.n_skipped} masks already written"
         return f"{r.n_written + r.n_skipped} masks (gate {r.gate}, TTA + CRF, {r.tiles_per_s:.1f} tiles/s)"
 
     def distill_student() -> str:
         dc = DistillConfig(run=cfg.run, data=cfg.data, out=cfg.student, epochs=cfg.student_epochs, seed=cfg.seed,
-                           target_workers=cfg.crf_workers, device="cpu", **DEMO_STUDENT)
+                           target_workers=cfg.crf_workers, device="cpu", precision=cfg.precision, **DEMO_STUDENT)
         done = (cfg.student / RUN_CONFIG).is_file()
         r = distill(dc, resume=done, progress=cfg.progress)
         return f"{r.n_parameters:,} student parameters, best val mIoU {r.best_miou:.2f}"
 
     def refine_student() -> str:
         r = refine(RefineConfig(run=cfg.student, data=cfg.data, split="test", out=cfg.student_predictions,
-                                workers=cfg.crf_workers, device="cpu"), progress=cfg.progress)
+                                workers=cfg.crf_workers, device="cpu", precision=cfg.precision),
+                   progress=cfg.progress)
         if r.n_written == 0:
             return f"all {r.n_skipped} masks already written"
         return f"{r.n_written + r.n_skipped} masks (gate {r.gate}, no TTA, no CRF, {r.tiles_per_s:.1f} tiles/s)"
 
     o = cfg.out
+    p = f" --precision {cfg.precision}" if cfg.precision != "auto" else ""
     student_flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in DEMO_STUDENT.items())
     return [
         ("synth", f"construct synth --out {cfg.data} --train {cfg.n_train} --valid {cfg.n_valid} "
                   f"--test {cfg.n_test} --seed {cfg.seed}", synth),
         ("extract train", f"construct extract --data {cfg.data} --split train --out {o}/features/train.zarr "
-                          f"--conch {DEMO_BACKBONE} --segformer {DEMO_BACKBONE}", extract_split("train")),
+                          f"--conch {DEMO_BACKBONE} --segformer {DEMO_BACKBONE}{p}", extract_split("train")),
         ("extract valid", f"construct extract --data {cfg.data} --split valid --out {o}/features/valid.zarr "
-                          f"--conch {DEMO_BACKBONE} --segformer {DEMO_BACKBONE}", extract_split("valid")),
+                          f"--conch {DEMO_BACKBONE} --segformer {DEMO_BACKBONE}{p}", extract_split("valid")),
         ("train", f"construct train --features {o}/features/train.zarr --val-features {o}/features/valid.zarr "
-                  f"--out {cfg.run} --preset {DEMO_PRESET}" + (f" --steps {cfg.steps}" if cfg.steps else ""),
+                  f"--out {cfg.run} --preset {DEMO_PRESET}{p}" + (f" --steps {cfg.steps}" if cfg.steps else ""),
          train_head),
-        ("refine", f"construct refine --run {cfg.run} --data {cfg.data} --split test --out {cfg.predictions}",
+        ("refine", f"construct refine --run {cfg.run} --data {cfg.data} --split test --out {cfg.predictions}{p}",
          refine_test),
         ("distill", f"construct distill --run {cfg.run} --data {cfg.data} --out {cfg.student} {student_flags} "
-                    f"--epochs {cfg.student_epochs}", distill_student),
+                    f"--epochs {cfg.student_epochs}{p}", distill_student),
         ("refine student", f"construct refine --run {cfg.student} --data {cfg.data} --split test "
-                           f"--out {cfg.student_predictions}", refine_student),
+                           f"--out {cfg.student_predictions}{p}", refine_student),
     ]
 
 

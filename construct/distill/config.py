@@ -40,7 +40,9 @@ class DistillConfig:
     target_batch_size: int = 8
     target_workers: int = 2  # CRF processes
     conch: str | None = None
-    precision: str | None = None
+    # The teacher's forward (auto: the teacher run's own if it was given one, else native bf16 or fp32) and the
+    # student's, in training and validation (auto: native bf16 or fp32); losses and optimizer state stay fp32.
+    precision: str | None = "auto"
 
     def to_dict(self) -> dict:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}

@@ -20,10 +20,10 @@ from construct.head.io import load_head
 from construct.inference.crf import CRF_PARAMS
 from construct.inference.head import HeadPredictor, TapBackbone
 from construct.inference.pipeline import run_inference
-from construct.inference.runs import head_run_meta, load_conch
+from construct.inference.runs import head_run_meta, load_conch, requested_precision
 from construct.inference.score_store import ScoreStore, ScoreStoreSink
 from construct.inference.tta import variants_for
-from construct.runtime import resolve_device
+from construct.runtime import resolve_device, resolve_precision
 from construct.store.feature_store import dataset_fingerprint
 
 TARGETS_DIR = "targets"
@@ -67,9 +67,9 @@ def open_targets(path: Path, samples: list[Sample], classes: ClassSet) -> ScoreS
 def make_targets(cfg: DistillConfig, source: SampleSource, conch: TapBackbone | None = None,
                  progress: bool = True) -> ScoreStore:
     """The run's scores and CRF masks of every train tile, made or finished now, or reused."""
-    _, classes, recipes, prep = head_run_meta(Path(cfg.run), "distill --run")
+    meta, classes, recipes, prep = head_run_meta(Path(cfg.run), "distill --run")
     head, _ = load_head(cfg.run, "best")
-    precision = cfg.precision or str(prep.get("precision", "fp32"))
+    precision = resolve_precision(cfg.precision, resolve_device(cfg.device), requested_precision(meta))
     variants = variants_for(cfg.tta)
     fp = data_fingerprint(Path(cfg.data), source.samples)
     compat = {

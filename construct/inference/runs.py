@@ -13,6 +13,7 @@ from construct.data.classes import ClassSet
 from construct.errors import ConstructError
 from construct.head.io import read_run_config
 from construct.inference.head import TapBackbone
+from construct.runtime import PRECISIONS
 
 HEAD_KIND = "head"
 STUDENT_KIND = "student"
@@ -29,6 +30,20 @@ def require_kind(run: Path, meta: dict, kind: str, command: str) -> None:
     if found != kind:
         made_by = "construct distill" if found == STUDENT_KIND else "construct train"
         raise ConstructError(f"{run}: is a {found} run (made by `{made_by}`); `{command}` needs a {kind} run")
+
+
+def requested_precision(meta: dict) -> str | None:
+    """fp32 or bf16 when a run was explicitly asked to run at it (`train`/`distill --precision`), which
+    `--precision auto` then keeps; None when it was left to auto. A head run from before `train --precision`
+    counts its store's bf16 as asked (extract's bf16 was an opt-in) and its fp32 as not (the old default)."""
+    if run_kind(meta) == STUDENT_KIND:
+        asked = meta.get("distill", {}).get("precision")
+    elif "precision" in meta.get("train", {}):
+        asked = meta["train"]["precision"]
+    else:
+        asked = meta.get("store", {}).get("preprocessing", {}).get("precision")
+        asked = asked if asked == "bf16" else None
+    return asked if asked in PRECISIONS else None
 
 
 def head_run_meta(run: Path, command: str = "refine") -> tuple[dict, ClassSet, dict[str, BackboneRecipe], dict]:

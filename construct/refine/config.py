@@ -7,7 +7,6 @@ from pathlib import Path
 
 GATES = ("labels", "gt", "pred", "none")
 HEADS = ("best", "last")
-PRECISIONS = ("fp32", "bf16")
 DEFAULT_PRED_THRESHOLD = 0.5  # classifier probability above which a class gates in (`pred`)
 REFINE_META = "refine.json"  # read by `construct eval` (construct.evaluate.run.REFINE_META)
 SCORES_DIR = "scores"
@@ -42,7 +41,9 @@ class RefineConfig:
     head: str = "best"  # best weights (falling back to last when no validation chose one) or last
     conch: str | None = None  # CONCH weights when not at the spec the run recorded (fingerprint-checked)
     device: str = "auto"
-    precision: str | None = None  # None: the precision the run's store was extracted with
+    # auto (or None): the run's own --precision if it was given one, else bf16 where the device computes it
+    # natively (construct.runtime.resolve_precision). Head runs: CONCH's forward; students: the network's.
+    precision: str | None = "auto"
 
     @property
     def out_path(self) -> Path:

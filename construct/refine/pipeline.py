@@ -29,12 +29,12 @@ from construct.inference.crf import CRF_PARAMS
 from construct.inference.head import HeadPredictor, TapBackbone
 from construct.inference.parts import Predictor
 from construct.inference.pipeline import run_inference
-from construct.inference.runs import STUDENT_KIND, head_run_meta, load_conch, run_kind
+from construct.inference.runs import STUDENT_KIND, head_run_meta, load_conch, requested_precision, run_kind
 from construct.inference.sinks import MaskSink
 from construct.inference.student import StudentPredictor
 from construct.inference.tta import variants_for
-from construct.refine.config import GATES, HEADS, PRECISIONS, REFINE_META, SCORES_DIR, RefineConfig
-from construct.runtime import resolve_device
+from construct.refine.config import GATES, HEADS, REFINE_META, SCORES_DIR, RefineConfig
+from construct.runtime import PRECISION_CHOICES, resolve_device, resolve_precision
 
 REFINE_FORMAT = "construct-refine"
 REFINE_FORMAT_VERSION = 1
@@ -71,8 +71,8 @@ def _validate(cfg: RefineConfig) -> None:
         raise ConstructError(f"--gate {cfg.gate}: expected one of {', '.join(GATES)}")
     if cfg.head not in HEADS:
         raise ConstructError(f"--head {cfg.head}: expected one of {', '.join(HEADS)}")
-    if cfg.precision is not None and cfg.precision not in PRECISIONS:
-        raise ConstructError(f"--precision {cfg.precision}: expected one of {', '.join(PRECISIONS)}")
+    if cfg.precision is not None and cfg.precision not in PRECISION_CHOICES:
+        raise ConstructError(f"--precision {cfg.precision}: expected one of {', '.join(PRECISION_CHOICES)}")
     if cfg.batch_size < 1:
         raise ConstructError("--batch-size must be at least 1")
     if cfg.workers < 0 or cfg.loader_workers < 0:
@@ -127,7 +127,7 @@ def _head_plan(cfg: RefineConfig, meta: dict, conch: TapBackbone | None, head: C
         head, _ = load_head(cfg.run, cfg.head)
     if head.config.n_classes != len(classes):
         raise ConstructError(f"{cfg.run}: head has {head.config.n_classes} classes, the run's class set {len(classes)}")
-    precision = cfg.precision or str(preprocessing.get("precision", "fp32"))
+    precision = resolve_precision(cfg.precision, resolve_device(cfg.device), requested_precision(meta))
     tta = True if cfg.tta is None else cfg.tta
     crf = True if cfg.crf is None else cfg.crf
     variants = variants_for(tta)
@@ -155,11 +155,14 @@ def _student_plan(cfg: RefineConfig) -> Plan:
     classes, tile_size = ClassSet.from_dict(meta["classes"]), int(meta["tile_size"])
     tta = bool(cfg.tta)
     crf = bool(cfg.crf)
-    settings = {"student_fingerprint": fingerprint(iter(student.state_dict().items())), "flip_tta": tta}
+    precision = resolve_precision(cfg.precision, resolve_device(cfg.device), requested_precision(meta))
+    settings = {"student_fingerprint": fingerprint(iter(student.state_dict().items())), "flip_tta": tta,
+                "precision": precision}
     record = {"n_variants": 2 if tta else 1, "head": cfg.head, "student": meta["student"]}
 
     def build() -> Predictor:
-        return StudentPredictor(student, classes, tile_size, flip_tta=tta, device=resolve_device(cfg.device))
+        return StudentPredictor(student, classes, tile_size, flip_tta=tta, device=resolve_device(cfg.device),
+                                precision=precision)
 
     return Plan(classes, tile_size, tta, crf, settings, record, bool(meta.get("random_weights", False)), {}, build)
 
@@ -234,7 +237,7 @@ def refine(
         "complete": False, "random_weights": plan.random_weights, "kind": run_kind(meta),
         "backbones": {k: r.to_dict() for k, r in plan.backbones.items()},
         "run": settings["run"], "split": cfg.split, "data": settings.get("data"), "images": settings.get("images"),
-        "gate": gate, "tta": plan.tta, "crf": plan.crf, **plan.record,
+        "gate": gate, "tta": plan.tta, "crf": plan.crf, "precision": settings["precision"], **plan.record,
         "classes": classes.names, "n_images": len(samples), "settings": settings,
     }
     result = RefineResult(out, len(samples), 0, len(samples) - len(pending), 0.0, gate, plan.random_weights,
