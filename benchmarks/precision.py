@@ -123,7 +123,8 @@ def main() -> None:
         warm_data = synthetic_data(work / "warm-data", n_train=2)
         for precision in PRECISIONS:
             print(f"refining {args.refine_tiles} tiles at {precision} (6-way TTA + CRF)...")
-            figures[f"refine_tiles_per_s_{precision}"] = teacher(run, teacher_data, warm_data, conch, precision, args, work)
+            figures[f"refine_tiles_per_s_{precision}"] = teacher(run, teacher_data, warm_data, conch, precision, args,
+                                                                 work)
         for precision in PRECISIONS:
             print(f"student ({args.student_arch}/{args.student_encoder}) at {precision}...")
             figures[f"student_tiles_per_s_{precision}"] = student(precision, args, device)

@@ -89,7 +89,8 @@ def main() -> None:
         figures["feature_cosine_test"] = feature_cosines(FeatureStore.open(work / "fp32" / "test.zarr"),
                                                          FeatureStore.open(work / "bf16" / "test.zarr"))
     figures["trained_at"] = "fp32" if args.inference_only else "each precision"
-    print(f"fp32 vs bf16 ({'inference only' if args.inference_only else 'every phase'}), test mIoU on {args.data or 'the demo synthetic set'} ({args.conch}, {args.segformer}):")
+    how = "inference only" if args.inference_only else "every phase"
+    print(f"fp32 vs bf16 ({how}), test mIoU on {args.data or 'the demo synthetic set'} ({args.conch}, {args.segformer}):")
     drops = []
     for key in ("head_mIoU", "student_mIoU"):
         drop = figures["fp32"][key] - figures["bf16"][key]

@@ -82,7 +82,8 @@ def test_the_choice_is_printed_once(monkeypatch, capsys):
 
 def test_what_a_run_asked_for():
     assert requested_precision({"train": {"precision": "bf16"}}) == "bf16"
-    assert requested_precision({"train": {"precision": "auto"}, "store": {"preprocessing": {"precision": "bf16"}}}) is None
+    auto_on_a_bf16_store = {"train": {"precision": "auto"}, "store": {"preprocessing": {"precision": "bf16"}}}
+    assert requested_precision(auto_on_a_bf16_store) is None
     # Head runs from before `train --precision`: extract's bf16 was an opt-in, its fp32 the default.
     assert requested_precision({"train": {}, "store": {"preprocessing": {"precision": "bf16"}}}) == "bf16"
     assert requested_precision({"train": {}, "store": {"preprocessing": {"precision": "fp32"}}}) is None
