@@ -139,7 +139,7 @@ def main() -> None:
         figures[f"{key}_gain"] = gain
         report(f"{label}: fp32 / bf16", f"{fp32:.4g} / {bf16:.4g}", f"{unit}  (bf16 gain {gain:.2f}x)")
     for name, cos in figures["feature_cosine"].items():
-        report(f"stored {name}: cosine bf16 to fp32, mean (min)", f"{cos['mean']:.5f} ({cos['min']:.5f})")
+        report(f"stored {name}: cosine bf16 to fp32, mean (min)", f"{cos['mean']:.6f} ({cos['min']:.6f})")
     finish("refine_speedup", figures["refine_tiles_per_s_gain"], figures, args, digits=2)
 
 

@@ -97,7 +97,7 @@ def main() -> None:
         drops.append(drop)
         report(f"{key}: fp32 / bf16 (drop)", f"{figures['fp32'][key]:.2f} / {figures['bf16'][key]:.2f} ({drop:+.2f})")
     for name, cos in figures["feature_cosine_test"].items():
-        report(f"stored {name}: cosine bf16 to fp32, mean (min)", f"{cos['mean']:.5f} ({cos['min']:.5f})")
+        report(f"stored {name}: cosine bf16 to fp32, mean (min)", f"{cos['mean']:.6f} ({cos['min']:.6f})")
     finish("max_miou_drop", max(drops), figures, args, digits=2)
 
 
