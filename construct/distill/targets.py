@@ -64,21 +64,34 @@ def open_targets(path: Path, samples: list[Sample], classes: ClassSet) -> ScoreS
     return store
 
 
+def _made_at(path: Path) -> str | None:
+    """The precision an existing targets store was made at; None when there is none (or it is unreadable:
+    `open_or_create` then says so)."""
+    if not path.exists():
+        return None
+    try:
+        return ScoreStore.open(path).compat.get("precision")
+    except ConstructError:
+        return None
+
+
 def make_targets(cfg: DistillConfig, source: SampleSource, conch: TapBackbone | None = None,
                  progress: bool = True) -> ScoreStore:
     """The run's scores and CRF masks of every train tile, made or finished now, or reused."""
     meta, classes, recipes, prep = head_run_meta(Path(cfg.run), "distill --run")
     head, _ = load_head(cfg.run, "best")
-    precision = resolve_precision(cfg.precision, resolve_device(cfg.device), requested_precision(meta))
-    variants = variants_for(cfg.tta)
     fp = data_fingerprint(Path(cfg.data), source.samples)
+    path = Path(cfg.run) / TARGETS_DIR / f"{fp[:16]}.zarr"
+    # Under auto, targets being resumed or reused keep the precision they were made at.
+    precision = resolve_precision(cfg.precision, resolve_device(cfg.device),
+                                  requested_precision(meta) or _made_at(path))
+    variants = variants_for(cfg.tta)
     compat = {
         "run": str(Path(cfg.run).resolve()), "head_fingerprint": fingerprint(iter(head.state_dict().items())),
         "conch_fingerprint": recipes["conch"].fingerprint, "data_fingerprint": fp, "classes": classes.names,
         "gate": "labels", "tta": [v.to_dict() for v in variants], "crf": dict(CRF_PARAMS) if cfg.crf else None,
         "precision": precision, "tile_size": prep["tile_size"],
     }
-    path = Path(cfg.run) / TARGETS_DIR / f"{fp[:16]}.zarr"
     store = ScoreStore.open_or_create(path, [s.image_id for s in source.samples], len(classes),
                                       prep["tile_size"], compat)
     if store.complete:
