@@ -79,7 +79,7 @@ class TrainStep:
     head the trainer builds for `store` (shapes, text prototypes, the stored contrastive head), the
     shipped objective and optimizer, the trainer's augmentation."""
 
-    def __init__(self, store: FeatureStore, cfg: TrainConfig, device: torch.device):
+    def __init__(self, store: FeatureStore, cfg: TrainConfig, device: torch.device, precision: str = "fp32"):
         n_tokens, width = store.shape(CONTRAST_TOKENS)
         self.config = HeadConfig(
             n_classes=len(store.classes), width=width, embed_dim=store.text_embeddings.shape[1],
@@ -93,6 +93,7 @@ class TrainStep:
         self.bank = MemoryBank(cfg.bank_size, self.config.embed_dim) if cfg.contrast else None
         self.opt = torch.optim.AdamW(self.head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.device = device
+        self.precision = precision  # the head forward's, as `construct train --precision` resolves it
         self.n_steps = 0
 
     def __call__(self, taps: dict[str, torch.Tensor], labels: torch.Tensor) -> float:
@@ -100,7 +101,8 @@ class TrainStep:
         maps = {k: tokens_to_map(v.to(self.device).float(), self.config.grid) for k, v in taps.items()}
         g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.n_steps)
         maps = apply_symmetries(maps, draw_symmetries(len(labels), g))
-        losses = compute_losses(self.head, self.chead, maps, labels.to(self.device), self.cfg, self.bank)
+        losses = compute_losses(self.head, self.chead, maps, labels.to(self.device), self.cfg, self.bank,
+                                precision=self.precision)
         self.opt.zero_grad(set_to_none=True)
         losses["total"].backward()
         self.opt.step()

@@ -41,6 +41,13 @@ def user_errors(fn: Callable) -> Callable:
     return wrapper
 
 
+def precision_option(what: str, auto: str = "") -> Callable:
+    """--precision for a command whose `what` runs at it; `auto` says what auto takes before the hardware."""
+    return click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
+                        help=f"{what}. auto: {auto}bf16 where the device computes it natively (AMX, "
+                             f"AVX512-BF16, a bf16 GPU), else fp32.")
+
+
 def warn_random(recipes) -> None:
     specs = [f"{r.family}={r.spec}" for r in recipes if r.random_weights]
     if specs:
@@ -91,7 +98,7 @@ def synth(out: Path, n_train: int, n_valid: int, n_test: int, seed: int) -> None
 @click.option("--mpp", type=float, default=0.25, show_default=True, help="µm/px of the tiles (BCSS-WSSS: 0.25); `slide` tiles at it.")
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True, help="Forward precision.")
+@precision_option("The backbones' forward")
 @click.option("--store-dtype", type=click.Choice(["float16", "int8"]), default="float16", show_default=True, help="Stored activations.")
 @click.option("--seg-stages", default="3", show_default=True, help="SegFormer stages to store, e.g. 3 or 2,3.")
 @click.option("--loader-workers", "--workers", "workers", type=int, default=2, show_default=True,
@@ -198,13 +205,16 @@ TRAIN_OPTIONS = (
                  help="Random flips/rotations of the stored feature maps [default: the preset's]."),
     click.option("--seed", type=int, default=None, help="[default: 0]"),
     click.option("--device", default=None, help="auto, cpu, cuda, ..."),
+    click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default=None,
+                 help="The head's forward (losses, optimizer state stay fp32). auto: bf16 where the device computes "
+                      "it natively (AMX, AVX512-BF16, a bf16 GPU), else fp32 [default: auto]."),
     click.option("--loader-workers", "--workers", "workers", type=int, default=None,
                  help="Store reading processes (--workers: the same, its older name) [default: 0 on CPU, 1 with a GPU]."),
     click.option("--memory-gb", type=click.FloatRange(min=0), default=None,
                  help="Read a store whose training arrays fit in this many GiB into RAM once [default: 4; 0: stream]."),
 )
-# Where a run runs, not what it learns: a resumed run may change these.
-PLACEMENT_FLAGS = ("device", "workers", "memory_gb")
+# Where and how a run computes, not what it learns: a resumed run may change these.
+PLACEMENT_FLAGS = ("device", "workers", "memory_gb", "precision")
 TRAIN_FLAGS = ("steps", "epochs", "batch_size", "lr", "warmup", "loss_weighting", "loss_weighting_lr", "aux_ramp",
                "cam_align_corners", "bank_init", "fg_threshold_scope", "augment", "seed", *PLACEMENT_FLAGS)
 # The ablation switches: flag → (setting, its value when the flag is given).
@@ -373,7 +383,7 @@ def ablate(features, val_features, out, variants, data, split, crf_workers, pres
               help="Which weights of the run (head or student).")
 @click.option("--conch", default=None, help="CONCH weights if not where the run recorded them (fingerprint-checked).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None, help="Backbone precision [default: the run's].")
+@precision_option("CONCH's forward (head run) or the student's", "the run's own --precision if it was given one, else ")
 @stain_norm_option("Normalise the tiles' stain to the run's reference, estimated once over the split or folder.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @user_errors
@@ -442,7 +452,7 @@ def refine(run, data, split, images, out, gate, pred_threshold, tta, crf, batch_
 @click.option("--head", type=click.Choice(["best", "last"]), default="best", show_default=True, help="Which head weights.")
 @click.option("--conch", default=None, help="CONCH weights if not where the run recorded them (fingerprint-checked).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None, help="CONCH precision of a head run [default: the run's].")
+@precision_option("CONCH's forward (head run) or the student's", "the run's own --precision if it was given one, else ")
 @stain_norm_option("Normalise each slide's stain to the run's reference, estimated once from its tissue.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @user_errors
@@ -518,6 +528,8 @@ def slide(slides, run, out, mpp, slide_mpp, no_upsample, mask_values, overlap, t
 @click.option("--loader-workers", type=int, default=0, show_default=True,
               help="Image decoding processes for training (0: in the main process).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, ...")
+@precision_option("The teacher's forward and the student's (losses, optimizer state stay fp32)",
+                  "for the teacher, its run's own --precision if it was given one, else ")
 @click.option("--memory-gb", type=click.FloatRange(min=0), default=DEFAULT_MEMORY_GB, show_default=True,
               help="Read targets that fit in this many GiB into RAM once (0: stream them).")
 @stain_norm_option("Normalise the train tiles' stain to the teacher's reference before it labels them.")
@@ -527,7 +539,7 @@ def slide(slides, run, out, mpp, slide_mpp, no_upsample, mask_values, overlap, t
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @user_errors
 def distill(run, data, out, targets, classes, arch, encoder, encoder_weights, epochs, batch_size, lr, crop, weighting,
-            w_mse, w_ce, tta, crf, conch, seed, workers, loader_workers, device, memory_gb, stain_norm,
+            w_mse, w_ce, tta, crf, conch, seed, workers, loader_workers, device, precision, memory_gb, stain_norm,
             stain_augment, resume, quiet) -> None:
     """Stage 2: train a fast student segmentation network on a run's pseudo-masks.
 
@@ -542,7 +554,7 @@ def distill(run, data, out, targets, classes, arch, encoder, encoder_weights, ep
         run=run, data=data, out=out, targets=targets, classes=classes, arch=arch, encoder=encoder,
         encoder_weights=encoder_weights, epochs=epochs, batch_size=batch_size, lr=lr, crop=crop, weighting=weighting,
         w_mse=w_mse, w_ce=w_ce, tta=tta, crf=crf, conch=conch, seed=seed, target_workers=workers,
-        workers=loader_workers, device=device, memory_gb=memory_gb, stain_norm=stain_norm,
+        workers=loader_workers, device=device, precision=precision, memory_gb=memory_gb, stain_norm=stain_norm,
         stain_augment=stain_augment,
     )
     result = run_distill(cfg, resume=resume, progress=not quiet)
@@ -565,9 +577,10 @@ def distill(run, data, out, targets, classes, arch, encoder, encoder_weights, ep
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--crf-workers", "--workers", "workers", type=int, default=2, show_default=True,
               help="CRF processes (--workers: the same, its older name).")
+@precision_option("Every model's forward")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @user_errors
-def demo(out, n_train, n_valid, n_test, steps, seed, workers, quiet) -> None:
+def demo(out, n_train, n_valid, n_test, steps, seed, workers, precision, quiet) -> None:
     """The whole pipeline on synthetic data with random-tiny backbones: no download, no GPU.
 
     synth -> extract (train, valid) -> train (demo preset) -> refine (test) -> distill (a student) ->
@@ -579,7 +592,7 @@ def demo(out, n_train, n_valid, n_test, steps, seed, workers, quiet) -> None:
 
     click.secho(RANDOM_WARNING.format(specs="conch=random-tiny, segformer=random-tiny"), fg="yellow", err=True)
     cfg = DemoConfig(out=out, n_train=n_train, n_valid=n_valid, n_test=n_test, seed=seed, steps=steps,
-                     crf_workers=workers, progress=not quiet)
+                     crf_workers=workers, precision=precision, progress=not quiet)
     result = run_demo(cfg, echo=click.echo)
     click.echo("\n" + format_table(result.metrics) + "\n")
     verdict = "beats" if result.beats_baselines else "does NOT beat"

@@ -39,6 +39,7 @@ class DemoConfig:
     steps: int | None = None  # None: the demo preset's
     crf_workers: int = 2
     student_epochs: int = DEMO_STUDENT_EPOCHS
+    precision: str = "auto"  # every phase's (construct.runtime.resolve_precision)
     progress: bool = True
 
     @property
@@ -96,7 +97,8 @@ def _phases(cfg: DemoConfig) -> list[tuple[str, str, Callable[[], str]]]:
     def extract_split(split: str) -> Callable[[], str]:
         def run() -> str:
             r = extract(ExtractConfig(data=cfg.data, split=split, out=cfg.features / f"{split}.zarr",
-                                      conch=DEMO_BACKBONE, segformer=DEMO_BACKBONE, device=DEMO_DEVICE),
+                                      conch=DEMO_BACKBONE, segformer=DEMO_BACKBONE, device=DEMO_DEVICE,
+                                      precision=cfg.precision),
                         progress=cfg.progress)
             return f"{r.n_rows} rows, {r.n_extracted} extracted now ({r.images_per_s:.1f} img/s)"
         return run
@@ -104,34 +106,37 @@ def _phases(cfg: DemoConfig) -> list[tuple[str, str, Callable[[], str]]]:
     def train_head() -> str:
         tc = resolve_config(DEMO_PRESET, None, features=str(cfg.features / "train.zarr"),
                             val_features=str(cfg.features / "valid.zarr"), out=str(cfg.run), steps=cfg.steps,
-                            seed=cfg.seed, device=DEMO_DEVICE)
+                            seed=cfg.seed, device=DEMO_DEVICE, precision=cfg.precision)
         r = train(tc, resume=is_run(cfg.run), progress=cfg.progress)
         return f"{r.n_trainable:,} trainable parameters, best val mIoU {r.best_miou:.2f}"
 
     def refine_test() -> str:
         r = refine(RefineConfig(run=cfg.run, data=cfg.data, split="test", out=cfg.predictions,
-                                workers=cfg.crf_workers, device=DEMO_DEVICE), progress=cfg.progress)
+                                workers=cfg.crf_workers, device=DEMO_DEVICE, precision=cfg.precision),
+                   progress=cfg.progress)
         if r.n_written == 0:
             return f"all {r.n_skipped} masks already written"
         return f"{r.n_written + r.n_skipped} masks (gate {r.gate}, TTA + CRF, {r.tiles_per_s:.1f} tiles/s)"
 
     def distill_student() -> str:
         dc = DistillConfig(run=cfg.run, data=cfg.data, out=cfg.student, epochs=cfg.student_epochs, seed=cfg.seed,
-                           target_workers=cfg.crf_workers, device=DEMO_DEVICE, **DEMO_STUDENT)
+                           target_workers=cfg.crf_workers, device=DEMO_DEVICE, precision=cfg.precision,
+                           **DEMO_STUDENT)
         done = is_run(cfg.student)
         r = distill(dc, resume=done, progress=cfg.progress)
         return f"{r.n_parameters:,} student parameters, best val mIoU {r.best_miou:.2f}"
 
     def refine_student() -> str:
         r = refine(RefineConfig(run=cfg.student, data=cfg.data, split="test", out=cfg.student_predictions,
-                                workers=cfg.crf_workers, device=DEMO_DEVICE), progress=cfg.progress)
+                                workers=cfg.crf_workers, device=DEMO_DEVICE, precision=cfg.precision),
+                   progress=cfg.progress)
         if r.n_written == 0:
             return f"all {r.n_skipped} masks already written"
         return f"{r.n_written + r.n_skipped} masks (gate {r.gate}, no TTA, no CRF, {r.tiles_per_s:.1f} tiles/s)"
 
     o = cfg.out
     # The commands print every setting the phases pass, so that each reproduces its phase by hand.
-    on_cpu = f"--device {DEMO_DEVICE}"
+    on_cpu = f"--device {DEMO_DEVICE}" + (f" --precision {cfg.precision}" if cfg.precision != "auto" else "")
     student_flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in DEMO_STUDENT.items())
     return [
         ("synth", f"construct synth --out {cfg.data} --train {cfg.n_train} --valid {cfg.n_valid} "

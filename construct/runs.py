@@ -93,6 +93,22 @@ def read_kind(run: Path | str, kind: str, command: str) -> dict:
     return meta
 
 
+def requested_precision(meta: dict) -> str | None:
+    """fp32 or bf16 when a run was explicitly asked to run at it (`train`/`distill --precision`), which
+    `--precision auto` then keeps; None when it was left to auto. A head run from before `train --precision`
+    counts its store's bf16 as asked (extract's bf16 was an opt-in) and its fp32 as not (the old default)."""
+    from construct.runtime import PRECISIONS
+
+    if run_kind(meta) == STUDENT_KIND:
+        asked = meta.get("distill", {}).get("precision")
+    elif "precision" in meta.get("train", {}):
+        asked = meta["train"]["precision"]
+    else:
+        asked = meta.get("store", {}).get("preprocessing", {}).get("precision")
+        asked = asked if asked == "bf16" else None
+    return asked if asked in PRECISIONS else None
+
+
 def head_run_meta(run: Path | str, command: str = "refine"
                   ) -> tuple[dict, ClassSet, dict[str, BackboneRecipe], dict]:
     """A head run's config, classes, backbone recipes and preprocessing (with `tile_size`)."""

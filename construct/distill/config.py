@@ -50,7 +50,9 @@ class DistillConfig:
     target_batch_size: int = 8
     target_workers: int = 2  # CRF processes
     conch: str | None = None
-    precision: str | None = None
+    # The teacher's forward (auto: the teacher run's own if it was given one, else native bf16 or fp32) and the
+    # student's, in training and validation (auto: native bf16 or fp32); losses and optimizer state stay fp32.
+    precision: str | None = "auto"
     stain_norm: str = DEFAULT_STAIN_NORM  # train tiles normalised to the teacher's reference before it labels them
     stain_augment: float = DEFAULT_STAIN_AUGMENT  # HED perturbation strength of the student's tiles (0: off)
 

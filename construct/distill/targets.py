@@ -20,7 +20,7 @@ from construct.inference.factory import load_predictor
 from construct.inference.head import TapBackbone
 from construct.inference.pipeline import run_inference
 from construct.inference.score_store import ScoreStore, ScoreStoreSink
-from construct.runs import HEAD_KIND, read_kind
+from construct.runs import HEAD_KIND, read_kind, requested_precision
 from construct.stain.predictor import with_stain_norm
 from construct.stain.runs import file_batches, fit_input, spread
 from construct.store.feature_store import dataset_fingerprint
@@ -63,13 +63,31 @@ def open_targets(path: Path, samples: list[Sample], classes: ClassSet) -> ScoreS
     return store
 
 
+def _made_at(path: Path) -> str | None:
+    """The precision an existing targets store was made at; None when there is none (or it is unreadable:
+    `open_or_create` then says so)."""
+    if not path.exists():
+        return None
+    try:
+        return ScoreStore.open(path).compat.get("precision")
+    except ConstructError:
+        return None
+
+
 def make_targets(cfg: DistillConfig, source: SampleSource, conch: TapBackbone | None = None,
                  progress: bool = True) -> ScoreStore:
     """The run's scores and CRF masks of every train tile, made or finished now, or reused."""
-    read_kind(cfg.run, HEAD_KIND, "distill --run")  # a student cannot teach
-    model = load_predictor(cfg.run, head="best", device=cfg.device, precision=cfg.precision, tta=cfg.tta,
-                           conch=cfg.conch, backbone=conch)
+    meta = read_kind(cfg.run, HEAD_KIND, "distill --run")  # a student cannot teach
     fp = data_fingerprint(Path(cfg.data), source.samples)
+    name = fp[:16]
+    if cfg.stain_norm != "none":  # targets of un-normalised tiles keep the name they had before stain work
+        name += f"-{cfg.stain_norm}"
+    path = Path(cfg.run) / TARGETS_DIR / f"{name}.zarr"
+    precision = cfg.precision
+    if precision in (None, "auto") and requested_precision(meta) is None:
+        precision = _made_at(path) or precision  # under auto, targets resumed or reused keep their precision
+    model = load_predictor(cfg.run, head="best", device=cfg.device, precision=precision, tta=cfg.tta,
+                           conch=cfg.conch, backbone=conch)
     settings = model.settings
     compat = {
         "run": str(Path(cfg.run).resolve()), "head_fingerprint": settings["head_fingerprint"],
@@ -77,11 +95,8 @@ def make_targets(cfg: DistillConfig, source: SampleSource, conch: TapBackbone | 
         "gate": "labels", "tta": settings["tta"], "crf": dict(CRF_PARAMS) if cfg.crf else None,
         "precision": settings["precision"], "tile_size": model.tile_size,
     }
-    name = fp[:16]
-    if cfg.stain_norm != "none":  # targets of un-normalised tiles keep the name they had before stain work
+    if cfg.stain_norm != "none":
         compat["stain_norm"] = cfg.stain_norm
-        name += f"-{cfg.stain_norm}"
-    path = Path(cfg.run) / TARGETS_DIR / f"{name}.zarr"
     store = ScoreStore.open_or_create(path, [s.image_id for s in source.samples], len(model.classes),
                                       model.tile_size, compat)
     if store.complete:

@@ -47,6 +47,7 @@ from construct.stain.augment import hed_jitter
 from construct.stain.normalize import check_method
 from construct.stain.runs import RUN_KEY as STAIN_RUN_KEY
 from construct.stain.runs import TEACHER_KEY, reference_of_files, run_reference
+from construct.runtime import PRECISION_CHOICES, autocast, resolve_precision
 from construct.store.in_memory import gib
 
 CHECKPOINT = "distill_checkpoint.pt"
@@ -75,14 +76,20 @@ def _validate(cfg: DistillConfig) -> None:
     check_method(cfg.stain_norm)
     if not 0.0 <= cfg.stain_augment <= 1.0:
         raise ConstructError(f"--stain-augment {cfg.stain_augment}: expected a strength in [0, 1]")
+    if cfg.precision is not None and cfg.precision not in PRECISION_CHOICES:
+        raise ConstructError(f"--precision {cfg.precision}: expected one of {', '.join(PRECISION_CHOICES)}")
     if cfg.crop is not None and (cfg.crop < 32 or cfg.crop % 32):
         raise ConstructError(f"--crop {cfg.crop}: must be a multiple of 32 (the students' output stride)")
 
 
 def objective(student: Student, batch: dict[str, torch.Tensor], cfg: DistillConfig,
-              log_vars: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The total loss of one (augmented) batch and its terms."""
-    logits = student(batch["images01"])
+              log_vars: torch.Tensor | None, precision: str = "fp32") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The total loss of one (augmented) batch and its terms: the student's forward at `precision`, the
+    losses in fp32."""
+    images = batch["images01"]
+    with autocast(images.device, precision):
+        logits = student(images)
+    logits = logits.float()
     terms = {
         "mse": soft_mse(logits, batch["teacher"], batch["gate"]),
         "ce": boundary_ce(logits, batch["mask"], boundary_weights(batch["mask"], cfg.boundary_radius,
@@ -101,12 +108,13 @@ def cosine(step: int, total: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
 
 
-def validate_student(student: Student, source, classes, tile_size: int, device: torch.device) -> dict:
+def validate_student(student: Student, source, classes, tile_size: int, device: torch.device,
+                     precision: str = "fp32") -> dict:
     """mIoU/mDice (%) of the student's argmax masks on the valid split under the paper's `gt` gate."""
     was_training = student.training
     sink = ConfusionSink(classes)
-    run_inference(source, StudentPredictor(student, classes, tile_size, device=device), [sink], "gt",
-                  batch_size=16, progress=False)
+    run_inference(source, StudentPredictor(student, classes, tile_size, device=device, precision=precision), [sink],
+                  "gt", batch_size=16, progress=False)
     student.train(was_training)
     s = metric_scores(sink.matrix, classes)
     return {"mIoU": s.miou, "mDice": s.mdice}
@@ -132,14 +140,15 @@ class Objective(nn.Module):
     """The student and the learned uncertainty weights in one module, so that DistributedDataParallel
     averages the gradients of both."""
 
-    def __init__(self, student: Student, cfg: DistillConfig):
+    def __init__(self, student: Student, cfg: DistillConfig, precision: str = "fp32"):
         super().__init__()
         self.student = student
         self.cfg = cfg
+        self.precision = precision
         self.log_vars = nn.Parameter(torch.zeros(len(TERMS))) if cfg.weighting == "uncertainty" else None
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return objective(self.student, batch, self.cfg, self.log_vars)
+        return objective(self.student, batch, self.cfg, self.log_vars, self.precision)
 
 
 def distill(cfg: DistillConfig, resume: bool = False, conch: TapBackbone | None = None,
@@ -166,10 +175,11 @@ def _distill(cfg: DistillConfig, resume: bool, conch: TapBackbone | None, progre
     store = ScoreStore.open(world.on_main(lambda: (
         open_targets(Path(cfg.targets), source.samples, classes) if cfg.targets is not None
         else make_targets(cfg, source, conch, progress)).path))
+    precision = resolve_precision(cfg.precision, device)
     with seeded_init(cfg.seed):
         student = build_student(cfg.arch, cfg.encoder, len(classes) + 1,
                                 "none" if resuming else cfg.encoder_weights)
-        model = Objective(student, cfg)
+        model = Objective(student, cfg, precision)
     if world.spread:
         convert_sync_batchnorm(model)
     model = model.to(device)
@@ -192,7 +202,8 @@ def _distill(cfg: DistillConfig, resume: bool, conch: TapBackbone | None, progre
         state = ckpt["state"]
     elif world.is_main and (not resume or not is_run(out)):
         out.mkdir(parents=True, exist_ok=True)
-        write_run_config(out, _run_record(cfg, spec, classes, tile_size, store, run_meta, source.samples))
+        write_run_config(out, {**_run_record(cfg, spec, classes, tile_size, store, run_meta, source.samples),
+                               "precision": precision})
     ddp = wrap(model, world, device)
     n_parameters = sum(p.numel() for p in student.parameters())
     start = time.perf_counter()
@@ -228,7 +239,7 @@ def _distill(cfg: DistillConfig, resume: bool, conch: TapBackbone | None, progre
             bar.set_postfix(loss=f"{final_loss:.4f}")
         if world.is_main:
             _end_epoch(cfg, out, epoch, model, optimizer, scheduler, state, sums, spec,
-                       validate_student(student, val_source, classes, tile_size, device), progress)
+                       validate_student(student, val_source, classes, tile_size, device, precision), progress)
         state = world.broadcast(state)
     return DistillResult(out, store.path, n_parameters, state["best_miou"], final_loss,
                          time.perf_counter() - start)

@@ -7,7 +7,6 @@ from pathlib import Path
 
 from construct.backbones.registry import DEFAULT_SPECS
 
-PRECISIONS = ("fp32", "bf16")
 # µm/px of BCSS-WSSS tiles: 224-px sliding-window crops of BCSS regions (released at 0.25 µm/px,
 # Amgad et al. 2019), not resized; their file names carry it (`..._MPP-0.2500+0[1101].png`, the
 # dataset's Readme.txt). Recorded in the store so that `construct slide` tiles at the same resolution.
@@ -26,7 +25,7 @@ class ExtractConfig:
     mpp: float = BCSS_WSSS_MPP  # µm/px of the training tiles
     batch_size: int = 32
     device: str = "auto"
-    precision: str = "fp32"
+    precision: str = "auto"  # the backbones' forward: auto, fp32 or bf16 (the store records fp32 or bf16)
     store_dtype: str = "float16"
     conch_blocks: tuple[int, ...] = (3, 6, 9, 12)
     seg_stages: tuple[int, ...] = (3,)  # the distillation stage; others are never read by train

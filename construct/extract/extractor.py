@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from construct.distributed import World, session
 from construct.errors import ConstructError
 from construct.extract.config import ExtractConfig
 from construct.data.loader import ShardBatchSampler, TileDataset, images_to_tensor, tile_loader
-from construct.runtime import autocast
+from construct.runtime import PRECISION_CHOICES, autocast, resolve_precision
 from construct.store import FeatureStore, StoreLayout, StoreSpec, STORE_DTYPES, dataset_fingerprint
 
 MAX_PENDING_WRITES = 2  # shards queued for the writer thread before the forward waits (bounds memory)
@@ -91,6 +92,15 @@ def _record_stain_reference(store: FeatureStore, samples: list[Sample], cfg: Ext
             store.record(STORE_KEY, ref.to_dict())
 
 
+def _store_precision(path: Path) -> str | None:
+    """The precision an existing store was extracted at; None when `path` holds no readable store (the
+    store's own checks then say what is wrong)."""
+    try:
+        return FeatureStore.open(path, require_complete=False).meta["preprocessing"].get("precision")
+    except (ConstructError, KeyError):
+        return None
+
+
 def _rel_paths(root: Path, samples: list[Sample]) -> list[str]:
     return [str(s.image_path.resolve().relative_to(root)) for s in samples]
 
@@ -117,6 +127,8 @@ def _validate(cfg: ExtractConfig) -> None:
         raise ConstructError("--batch-size and shard rows must be at least 1")
     if cfg.limit is not None and cfg.limit < 1:
         raise ConstructError("--limit must be at least 1")
+    if cfg.precision not in PRECISION_CHOICES:
+        raise ConstructError(f"--precision {cfg.precision}: expected one of {', '.join(PRECISION_CHOICES)}")
     if cfg.workers < 0:
         raise ConstructError(f"--workers {cfg.workers}: must be 0 (decode in the main process) or more")
     for flag, values in (("--seg-stages", cfg.seg_stages), ("CONCH blocks", cfg.conch_blocks)):
@@ -151,6 +163,9 @@ def _extract(cfg: ExtractConfig, conch: Backbone | None, segformer: Backbone | N
     segformer.to(device)
     out = cfg.out_path
     fresh = not (out / "zarr.json").exists()
+    # A store being resumed keeps the precision it was started with, unless one is asked for explicitly.
+    cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device, None if fresh else
+                                                               _store_precision(out)))
     # Rank 0 alone creates the store (or checks it and records file sizes) and reads which shards are left;
     # the others open it only then, and all agree on that list, read before any rank writes a row.
     pending = world.on_main(lambda: FeatureStore.open_or_create(

@@ -10,7 +10,7 @@ CAM level, and the contrastive term is computed from the fused CAM.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 import torch.nn.functional as F
@@ -116,6 +116,10 @@ class HeadOutput:
     features: dict[int, torch.Tensor]  # level → adapted features (B, D, h_k, w_k)
     cams: dict[int, torch.Tensor] = field(default_factory=dict)  # level → (B, C, h_k, w_k) scaled cosine
     logits: dict[int, torch.Tensor] = field(default_factory=dict)  # level → (B, C) GAP of the CAM
+
+    def float(self) -> HeadOutput:
+        """fp32 copies of every map: after a bf16 forward, losses and CAM statistics are computed in fp32."""
+        return HeadOutput(**{f.name: {k: v.float() for k, v in getattr(self, f.name).items()} for f in fields(self)})
 
 
 def tokens_to_map(tokens: torch.Tensor, grid: int) -> torch.Tensor:

@@ -30,11 +30,10 @@ from construct.inference.head import HeadPredictor, TapBackbone
 from construct.inference.parts import Predictor
 from construct.inference.student import StudentPredictor
 from construct.inference.tta import variants_for
-from construct.runs import STUDENT_KIND, WHICH, head_run_meta, read_run_config, run_kind, run_mpp
-from construct.runtime import resolve_device
+from construct.runs import STUDENT_KIND, WHICH, head_run_meta, read_run_config, requested_precision, run_kind, run_mpp
+from construct.runtime import resolve_device, resolve_precision
 from construct.student.io import load_student
 
-DEFAULT_PRECISION = "fp32"  # of runs whose store recorded none
 DEFAULT_STRIDE = 32  # smp encoders' output stride unless they say otherwise
 STUDENT_FLIP_VARIANTS = 2  # a student's TTA: the image and its horizontal flip
 
@@ -45,7 +44,9 @@ class PredictorOptions:
 
     head: str = "best"  # which weights: best on validation (falling back to last) or last
     device: str = "auto"  # auto, cpu, cuda, cuda:1, ...
-    precision: str | None = None  # head runs' CONCH forward, fp32 or bf16; None: the run's store's
+    # auto (or None): the run's own --precision if it was given one, else bf16 where the device computes it
+    # natively (construct.runtime.resolve_precision). Head runs: CONCH's forward; students: the network's.
+    precision: str | None = "auto"
     tta: bool | None = None  # None: 6-way for a head run, none for a student (True: + its flip)
     conch: str | None = None  # CONCH weights when not where the run recorded them (fingerprint-checked)
     tile_size: int | None = None  # window side a student (fully convolutional) runs on; None: its training tile
@@ -86,7 +87,7 @@ class LoadedModel:
         """What slide summaries record of the model."""
         return {"run": str(self.run.resolve()), "kind": self.kind, "fingerprint": self.fingerprint,
                 "backbones": {r.family: r.fingerprint for r in self.backbones.values()},
-                "random_weights": self.random_weights, "tta": self.tta}
+                "random_weights": self.random_weights, "tta": self.tta, "precision": self.settings["precision"]}
 
 
 def load_predictor(run: Path | str, options: PredictorOptions | None = None, *, backbone: TapBackbone | None = None,
@@ -127,7 +128,7 @@ def _head(run: Path, options: PredictorOptions, backbone: TapBackbone | None,
         head, _ = load_head(run, options.head)
     if head.config.n_classes != len(classes):
         raise ConstructError(f"{run}: head has {head.config.n_classes} classes, the run's class set {len(classes)}")
-    precision = options.precision or str(preprocessing.get("precision", DEFAULT_PRECISION))
+    precision = resolve_precision(options.precision, resolve_device(options.device), requested_precision(meta))
     tta = True if options.tta is None else options.tta
     variants = variants_for(tta)
     tile_size = int(preprocessing["tile_size"])
@@ -160,6 +161,7 @@ def _student(run: Path, options: PredictorOptions) -> LoadedModel:
             raise ConstructError(f"--tile-size {tile_size}: expected a multiple of {stride} px (the student's "
                                  f"stride), at least its training tile ({trained} px)")
     tta = bool(options.tta)
+    precision = resolve_precision(options.precision, resolve_device(options.device), requested_precision(meta))
     fingerprint = module_fingerprint(student)
     try:  # the student learnt from its teacher's tiles
         mpp = run_mpp(read_run_config(Path(meta["teacher"]["run"])))
@@ -167,11 +169,12 @@ def _student(run: Path, options: PredictorOptions) -> LoadedModel:
         mpp = None
 
     def build() -> Predictor:
-        return StudentPredictor(student, classes, tile_size, flip_tta=tta, device=resolve_device(options.device))
+        return StudentPredictor(student, classes, tile_size, flip_tta=tta, device=resolve_device(options.device),
+                                precision=precision)
 
     return LoadedModel(run, STUDENT_KIND, meta, classes, tile_size, trained, mpp, bool(meta.get("random_weights", False)),
                        {}, fingerprint, tta, False, STUDENT_FLIP_VARIANTS if tta else 1,
-                       {"student_fingerprint": fingerprint, "flip_tta": tta}, options, build)
+                       {"student_fingerprint": fingerprint, "flip_tta": tta, "precision": precision}, options, build)
 
 
 def student_stride(student) -> int:

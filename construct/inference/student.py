@@ -12,6 +12,7 @@ from torch import nn
 
 from construct.backbones.weights import module_fingerprint
 from construct.data.classes import ClassSet
+from construct.runtime import autocast
 
 
 def predicted_gate(probs: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -25,20 +26,27 @@ def predicted_gate(probs: torch.Tensor, threshold: float) -> torch.Tensor:
 
 class StudentPredictor:
     def __init__(self, student: nn.Module, classes: ClassSet, tile_size: int, flip_tta: bool = False,
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", precision: str = "fp32"):
         self.device = torch.device(device)
         self.student = student.to(self.device).eval()
         self.classes = classes
         self.tile_size = tile_size
         self.flip_tta = flip_tta
+        self.precision = precision
         self.fingerprint = module_fingerprint(student)
 
     @torch.no_grad()
     def probabilities(self, images01: torch.Tensor) -> torch.Tensor:
-        probs = self.student(images01).float().softmax(dim=1)
+        probs = self._softmax(images01)
         if self.flip_tta:
-            probs = 0.5 * (probs + self.student(images01.flip(-1)).float().softmax(dim=1).flip(-1))
+            probs = 0.5 * (probs + self._softmax(images01.flip(-1)).flip(-1))
         return probs
+
+    def _softmax(self, images01: torch.Tensor) -> torch.Tensor:
+        """The network at the predictor's precision; the softmax in fp32."""
+        with autocast(images01.device, self.precision):
+            logits = self.student(images01)
+        return logits.float().softmax(dim=1)
 
     def scores(self, images01: torch.Tensor, gate: str, labels: torch.Tensor | None = None,
                pred_threshold: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,7 +8,6 @@ from pathlib import Path
 from construct.stain.methods import DEFAULT_METHOD as DEFAULT_STAIN_NORM
 
 GATES = ("labels", "gt", "pred", "none")
-PRECISIONS = ("fp32", "bf16")
 DEFAULT_PRED_THRESHOLD = 0.5  # classifier probability above which a class gates in (`pred`)
 REFINE_META = "refine.json"  # in the mask folder; `construct eval` reads it (random-weights mark)
 SCORES_DIR = "scores"
@@ -43,7 +42,9 @@ class RefineConfig:
     head: str = "best"  # best weights (falling back to last when no validation chose one) or last
     conch: str | None = None  # CONCH weights when not at the spec the run recorded (fingerprint-checked)
     device: str = "auto"
-    precision: str | None = None  # None: the precision the run's store was extracted with
+    # auto (or None): the run's own --precision if it was given one, else bf16 where the device computes it
+    # natively (construct.runtime.resolve_precision). Head runs: CONCH's forward; students: the network's.
+    precision: str | None = "auto"
     # Inputs normalised to the run's stain reference (macenko, reinhard, none), estimated once over the source.
     stain_norm: str = DEFAULT_STAIN_NORM
 

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from construct.errors import ConstructError
+from construct.runtime import PRECISION_CHOICES
 from construct.store.in_memory import DEFAULT_MEMORY_GB
 
 
@@ -75,6 +76,9 @@ class TrainConfig:
     # threads (benchmarks/README.md, two_phase), 1 with a GPU, where reads overlap the device's work.
     workers: int | None = None
     device: str = "auto"
+    # The head forward's, in training and validation (losses and optimizer state stay fp32); auto: bf16
+    # where the device computes it natively (construct.runtime.resolve_precision). Recorded in the run.
+    precision: str = "auto"
     checkpoint_every: int = 200  # steps between resumable checkpoints (plus every validation)
     eval_every: int | None = None  # steps between validations and metrics records; None: one epoch,
     # but no more than MAX_RECORDS of them in a run
@@ -167,6 +171,8 @@ def resolve_config(preset: str = "paper", config_file: Path | None = None, **fla
         raise ConstructError(f"--loss-weighting {cfg.loss_weighting}: expected one of {', '.join(LOSS_WEIGHTINGS)}")
     if (cfg.eval_every is not None and cfg.eval_every < 1) or cfg.log_every < 1:
         raise ConstructError("eval_every and log_every must be >= 1")
+    if cfg.precision not in PRECISION_CHOICES:
+        raise ConstructError(f"--precision {cfg.precision}: expected one of {', '.join(PRECISION_CHOICES)}")
     if cfg.optimizer not in OPTIMIZERS:
         raise ConstructError(f"optimizer {cfg.optimizer!r}: expected one of {', '.join(OPTIMIZERS)}")
     if cfg.bank_init not in BANK_INITS:

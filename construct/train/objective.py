@@ -6,6 +6,7 @@ import torch
 
 from construct.head.model import ConStructHead
 from construct.head.pooler import ContrastiveHead
+from construct.runtime import autocast
 from construct.train.config import TrainConfig
 from construct.ddp import BatchShare, unwrap
 from construct.train.weighting import LossWeighting
@@ -28,15 +29,18 @@ def teacher_tap(level: int) -> str:
 def compute_losses(
     head: ConStructHead, contrastive_head: ContrastiveHead | None, maps: dict[str, torch.Tensor],
     labels: torch.Tensor, cfg: TrainConfig, bank: MemoryBank | None, share: BatchShare | None = None,
-    weighting: LossWeighting | None = None, step: int = 0,
+    weighting: LossWeighting | None = None, step: int = 0, precision: str = "fp32",
 ) -> dict[str, torch.Tensor]:
     """maps: `conch_b*` (B, D, g, g) and `seg_s*` (B, C, h, w). Returns each term and the total that
     `weighting` makes of them at `step` (default: the configured fixed weights).
 
-    `head` may be the head in DDP; `share` says which rows of the global batch these are (default: all)."""
+    `head` may be the head in DDP; `share` says which rows of the global batch these are (default: all).
+    `precision` is the head forward's (bf16: autocast); every loss is computed in fp32."""
     share = share or BatchShare(len(labels))
     net = unwrap(head)
-    out = head(maps)
+    with autocast(labels.device, precision):
+        out = head(maps)
+    out = out.float()
     hc = net.config
     rows = share.weight(len(labels))  # per-row means of a part, weighted to the global batch's mean
     losses = {"cls": rows * classification_loss(out, labels, dict(zip(hc.cam_levels, hc.bce_weights)))}

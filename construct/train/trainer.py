@@ -17,6 +17,7 @@ from construct.distributed import World, all_reduce_sum, env_world, process_devi
 from construct.errors import ConstructError
 from construct.head.io import save_head
 from construct.head.model import ConStructHead, HeadConfig
+from construct.runtime import resolve_precision
 from construct.head.pooler import ContrastiveHead
 from construct.runs import (
     HEAD_KIND,
@@ -181,6 +182,7 @@ def _start(cfg: TrainConfig, resume: bool, progress: bool, world: World, device:
 
 def _train(cfg, store, val, hc, run, device, resume, progress, world: World) -> TrainResult:
     text = torch.from_numpy(store.text_embeddings) if cfg.text_init else None
+    precision = resolve_precision(cfg.precision, device)
     with seeded_init(cfg.seed):
         head = ConStructHead(hc, text).to(device)
     if world.spread:
@@ -211,7 +213,7 @@ def _train(cfg, store, val, hc, run, device, resume, progress, world: World) -> 
         log.info("resumed at step %d", state["global_step"])
     elif world.is_main:
         write_run_config(run, {
-            "train": cfg.to_dict(), "head": hc.to_dict(), "n_trainable": n_trainable,
+            "train": cfg.to_dict(), "head": hc.to_dict(), "n_trainable": n_trainable, "precision": precision,
             "schedule": {"steps": total_steps, "batches_per_epoch": per_epoch},
             "classes": store.classes.to_dict(),
             "backbones": {k: r.to_dict() for k, r in store.recipes.items()},
@@ -250,7 +252,7 @@ def _train(cfg, store, val, hc, run, device, resume, progress, world: World) -> 
         labels = batch["labels"].to(device)
         # The forward pass moves the batch-norm statistics: keep them to undo a step that goes bad.
         buffers = {k: v.detach().clone() for k, v in head.named_buffers()}
-        losses = compute_losses(model, chead, maps, labels, cfg, bank, share, weighting, step)
+        losses = compute_losses(model, chead, maps, labels, cfg, bank, share, weighting, step, precision)
         values = share.values(losses)  # the whole batch's, so every process takes the same decisions
         bad = None if math.isfinite(values["total"]) else f"loss became {values['total']}"
         if bad is None:
@@ -280,7 +282,7 @@ def _train(cfg, store, val, hc, run, device, resume, progress, world: World) -> 
         if (step + 1) % every == 0 or step + 1 == total_steps:
             if world.is_main:
                 _record(run, head, weighting, opt, sched, bank, val, device, state, every, per_epoch, weights,
-                        start, progress)
+                        start, progress, precision)
             state = world.broadcast(state)  # the other processes wait for rank 0's validation and records
         elif world.is_main and (step + 1) % cfg.checkpoint_every == 0:
             _save_checkpoint(run, head, weighting, opt, sched, bank, state)
@@ -348,7 +350,7 @@ def build_optimizer(
 
 
 def _record(run: Path, head, weighting, opt, sched, bank, val, device, state: dict, every: int, per_epoch: int,
-            weights: dict[str, float], start: float, progress: bool) -> None:
+            weights: dict[str, float], start: float, progress: bool, precision: str) -> None:
     """Rank 0, every `every` steps and at the end: last (and best) head, a metrics record, a checkpoint."""
     step = state["global_step"]
     n = (step - 1) % every + 1  # steps since the previous record
@@ -358,7 +360,7 @@ def _record(run: Path, head, weighting, opt, sched, bank, val, device, state: di
               "seconds": time.perf_counter() - start}
     save_head(head, run / HEAD_FILES["last"])
     if val is not None:
-        v = validate(head, val, device)
+        v = validate(head, val, device, precision=precision)
         record.update({f"val_{k}": v[k] for k in ("mIoU", "mDice", "FwIoU")}, val_IoU=v["IoU"])
         if state["best"] is None or v["mIoU"] > state["best"]:
             state["best"] = v["mIoU"]

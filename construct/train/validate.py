@@ -8,11 +8,13 @@ import torch
 from construct.metrics import confusion_matrix, scores
 from construct.head.model import ConStructHead
 from construct.head.scores import score_maps, scores_to_masks
+from construct.runtime import autocast
 from construct.store import FeatureStore
 
 
 @torch.no_grad()
-def validate(head: ConStructHead, store: FeatureStore, device: torch.device, batch_size: int = 32) -> dict:
+def validate(head: ConStructHead, store: FeatureStore, device: torch.device, batch_size: int = 32,
+             precision: str = "fp32") -> dict:
     """mIoU/mDice (%) of gated fused-CAM masks at the stored mask resolution (the paper's gt gating)."""
     was_training = head.training
     head.eval()
@@ -24,7 +26,9 @@ def validate(head: ConStructHead, store: FeatureStore, device: torch.device, bat
         rows = np.arange(start, min(start + batch_size, store.n_rows))
         data = store.read_batch(rows, head.input_taps + ("mask",))
         taps = {k: torch.from_numpy(data[k]).to(device) for k in head.input_taps}
-        cam = head.fused_cam(head(taps), size=size)
+        with autocast(device, precision):
+            out = head(taps)
+        cam = head.fused_cam(out.float(), size=size)
         pred = scores_to_masks(score_maps(cam, torch.from_numpy(data["labels"]).to(device)), classes)
         conf += confusion_matrix(data["mask"].astype(np.int64), pred, n)
     head.train(was_training)

@@ -106,3 +106,13 @@ def test_missing_or_mismatched_targets_are_one_line(tiny_run, reference, tmp_pat
     extra = samples + [samples[0].__class__("zz_other", samples[0].image_path, samples[0].labels, None)]
     with pytest.raises(ConstructError, match="lack 1 train tiles"):
         open_targets(reference[0], extra, BCSS)
+
+
+def test_auto_reuses_targets_at_the_precision_they_were_made_at(tiny_run, reference, tmp_path, monkeypatch):
+    import construct.runtime as runtime
+
+    made = ScoreStore.open(reference[0]).compat["precision"]
+    # On a machine where auto alone would pick the other precision, the finished targets are still reused.
+    monkeypatch.setattr(runtime, "native_bf16", lambda device: "AMX" if made == "fp32" else None)
+    store = _make(tiny_run, tmp_path, conch=None)  # no CONCH is built: nothing is left to compute
+    assert store.complete and store.compat["precision"] == made

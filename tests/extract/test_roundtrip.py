@@ -158,3 +158,14 @@ def test_bf16_forward_is_close_to_fp32(train_store, synth_data, tiny_backbones, 
         x, y = a.read(name, range(4)), b.read(name, range(4))
         cos = (x * y).sum(axis) / (np.linalg.norm(x, axis=axis) * np.linalg.norm(y, axis=axis))
         assert cos.min() > 0.98, (name, cos.min())
+
+
+def test_auto_resumes_a_store_at_the_precision_it_was_started_with(synth_data, tiny_backbones, tmp_path,
+                                                                     monkeypatch):
+    import construct.runtime as runtime
+
+    out = tmp_path / "bf16.zarr"
+    extract(tiny_config(synth_data, out, split="train", precision="bf16", limit=4), *tiny_backbones, progress=False)
+    monkeypatch.setattr(runtime, "native_bf16", lambda device: None)  # auto alone would pick fp32 here
+    extract(tiny_config(synth_data, out, split="train", precision="auto", limit=4), *tiny_backbones, progress=False)
+    assert FeatureStore.open(out).meta["preprocessing"]["precision"] == "bf16"
