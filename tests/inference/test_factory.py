@@ -51,7 +51,7 @@ def test_a_head_of_other_classes_is_refused(tiny_run, tmp_path):
 def test_a_student_run_needs_no_backbone(student_run):
     model = load_predictor(student_run.run, device="cpu")
     assert (model.kind, model.tta, model.crf, model.n_variants, model.backbones) == ("student", False, False, 1, {})
-    assert model.settings == {"student_fingerprint": model.fingerprint, "flip_tta": False}
+    assert model.settings == {"student_fingerprint": model.fingerprint, "flip_tta": False, "precision": "fp32"}
     assert model.predictor.fingerprint == model.fingerprint
     assert model.mpp == 0.25  # its teacher's training tiles'
     assert json.dumps(model.describe())  # what slide summaries record
