@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from construct.head.pooler import ContrastiveHead
 from construct.data.classes import BCSS
 from construct.data.synth import SynthConfig, make_synthetic_dataset
 from construct.head.model import ConStructHead, HeadConfig, tokens_to_map
+from construct.head.pooler import ContrastiveHead
 from construct.store import FeatureStore, StoreLayout, StoreSpec, dataset_fingerprint
 from construct.train.augment import apply_symmetries, draw_symmetries
 from construct.train.config import TrainConfig

@@ -22,9 +22,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import base_parser, finish  # noqa: E402
 
+from construct.head.model import ConStructHead  # noqa: E402
 from construct.head.pooler import ContrastiveHead  # noqa: E402
 from construct.seeding import seeded_init  # noqa: E402
-from construct.head.model import ConStructHead  # noqa: E402
 from construct.store import FeatureStore  # noqa: E402
 from construct.train.config import resolve_config  # noqa: E402
 from construct.train.data import epoch_batches  # noqa: E402

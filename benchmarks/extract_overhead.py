@@ -14,8 +14,8 @@ from __future__ import annotations
 import math
 
 import torch
-
 from _common import base_parser, finish, median, report, synthetic_data, time_calls, workdir
+
 from construct.backbones.registry import create_backbone
 from construct.extract.config import ExtractConfig
 from construct.extract.extractor import extract

@@ -16,10 +16,10 @@ has no native bf16 (AMX, AVX512-BF16), bf16 is emulated and slower, and auto sta
 from __future__ import annotations
 
 import torch
-
 from _common import TrainStep, base_parser, finish, median, report, synthetic_data, time_calls, training_taps, workdir
+from store_io import FEATURE_AXIS, cosine
+
 from construct.backbones.registry import create_backbone
-from construct.student.model import build_student
 from construct.data.classes import BCSS
 from construct.extract.config import ExtractConfig
 from construct.extract.extractor import extract
@@ -28,9 +28,9 @@ from construct.refine.config import RefineConfig
 from construct.refine.pipeline import refine
 from construct.runtime import PRECISIONS, autocast, native_bf16, resolve_device, resolve_precision
 from construct.store import FeatureStore
+from construct.student.model import build_student
 from construct.train.config import resolve_config
 from construct.train.trainer import train
-from store_io import FEATURE_AXIS, cosine
 
 TILE = 224
 

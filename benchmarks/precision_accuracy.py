@@ -17,7 +17,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from _common import finish, report, workdir, base_parser
+from _common import base_parser, finish, report, workdir
+from precision import feature_cosines
+
 from construct.data.classes import BCSS
 from construct.data.synth import SynthConfig, make_synthetic_dataset
 from construct.demo import DEMO_STUDENT, DEMO_STUDENT_EPOCHS
@@ -26,13 +28,12 @@ from construct.distill.trainer import distill
 from construct.evaluate.run import evaluate_predictions
 from construct.extract.config import ExtractConfig
 from construct.extract.extractor import extract
-from construct.runs import RUN_CONFIG
 from construct.refine import RefineConfig, refine
+from construct.runs import RUN_CONFIG
 from construct.runtime import PRECISIONS
 from construct.store import FeatureStore
 from construct.train.config import resolve_config
 from construct.train.trainer import train
-from precision import feature_cosines
 
 SPLITS = ("train", "valid", "test")
 

@@ -20,15 +20,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from _common import base_parser, finish, report, sync, synthetic_data, workdir
+
 from construct.backbones.registry import create_backbone
 from construct.data.dataset import list_split, read_image
 from construct.extract.config import ExtractConfig
 from construct.extract.extractor import extract
 from construct.head.io import load_head
-from construct.refine.config import REFINE_META, SCORES_DIR, RefineConfig
 from construct.inference.crf import crf_refine
+from construct.refine.config import REFINE_META, SCORES_DIR, RefineConfig
 from construct.refine.pipeline import refine
 from construct.runtime import resolve_device
 from construct.store import FeatureStore

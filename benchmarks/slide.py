@@ -37,9 +37,9 @@ import time
 from pathlib import Path
 
 import torch
+from _common import base_parser, finish, median, report, workdir
 from PIL import Image
 
-from _common import base_parser, finish, median, report, workdir
 from construct.backbones.registry import create_backbone
 from construct.data.classes import BCSS
 from construct.data.sources import folder_source

@@ -19,16 +19,24 @@ import time
 
 import numpy as np
 import torch
-
 from _common import (
-    TrainStep, base_parser, drop_page_cache, finish, median, report, synthetic_data, synthetic_store,
-    training_taps, workdir,
+    TrainStep,
+    base_parser,
+    drop_page_cache,
+    finish,
+    median,
+    report,
+    synthetic_data,
+    synthetic_store,
+    training_taps,
+    workdir,
 )
+
 from construct.backbones.registry import create_backbone
 from construct.data.dataset import read_image
+from construct.data.loader import images_to_tensor
 from construct.extract.config import ExtractConfig
 from construct.extract.extractor import extract
-from construct.data.loader import images_to_tensor
 from construct.runtime import resolve_device
 from construct.store import STORE_DTYPES, FeatureStore
 from construct.store.feature_store import SCALE_SUFFIX

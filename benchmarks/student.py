@@ -18,14 +18,13 @@ import tempfile
 from pathlib import Path
 
 import torch
-
 from _common import base_parser, finish, report, workdir
+
 from construct.backbones.registry import create_backbone
 from construct.data.classes import BCSS
-from construct.data.sources import SampleSource
 from construct.data.dataset import list_split
+from construct.data.sources import SampleSource
 from construct.demo import DEMO_STUDENT_EPOCHS, DemoConfig, run_demo
-from construct.student.io import load_student
 from construct.head.model import ConStructHead, HeadConfig
 from construct.inference.head import HeadPredictor
 from construct.inference.pipeline import run_inference
@@ -33,6 +32,7 @@ from construct.inference.sinks import MaskSink
 from construct.inference.student import StudentPredictor
 from construct.inference.tta import paper_variants
 from construct.runtime import resolve_device
+from construct.student.io import load_student
 
 
 def tiles_per_s(predictor, samples, crf: bool, workers: int, batch_size: int) -> float:

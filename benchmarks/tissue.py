@@ -21,11 +21,18 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from _common import base_parser, finish, report, workdir
+
 from construct.slide.reader import open_slide
-from construct.slide.synthetic import (ARTEFACT_COLORS, DEFAULT_LAYOUT, artefact_mask, layout_regions, paint, render,
-                                       write_pyramid_tiff)
+from construct.slide.synthetic import (
+    ARTEFACT_COLORS,
+    DEFAULT_LAYOUT,
+    artefact_mask,
+    layout_regions,
+    paint,
+    render,
+    write_pyramid_tiff,
+)
 from construct.slide.tissue import TissueMask, detect_tissue, tissue_downsample
 
 MPP, CELL = 2.0, 128

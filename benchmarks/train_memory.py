@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from _common import base_parser, finish, report, synthetic_store, training_taps, workdir
+
 from construct.backbones.registry import create_backbone
 from construct.train.config import resolve_config
 

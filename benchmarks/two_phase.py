@@ -21,19 +21,19 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
+from _common import TrainStep, base_parser, finish, median, report, sync, synthetic_data, training_taps, workdir
 from torch.utils.data import DataLoader
 
-from _common import TrainStep, base_parser, finish, median, report, sync, synthetic_data, training_taps, workdir
+import construct.train.trainer as trainer  # its batch iterator is wrapped to time the steps
 from construct.backbones.registry import create_backbone
 from construct.data.dataset import list_split
+from construct.data.loader import TileDataset, collate, images_to_tensor
 from construct.extract.config import ExtractConfig
 from construct.extract.extractor import extract
-from construct.data.loader import TileDataset, collate, images_to_tensor
 from construct.runtime import PRECISIONS, autocast, resolve_device, resolve_precision
 from construct.store import FeatureStore
 from construct.train.config import TrainConfig, resolve_config
 from construct.train.data import epoch_batches
-import construct.train.trainer as trainer  # its batch iterator is wrapped to time the steps
 
 
 def stamped(loader: Callable[..., object], stamps: list[float]) -> Callable[..., Iterator]:

@@ -34,9 +34,9 @@ from construct.inference.sinks import MemorySink
 from construct.refine.config import DEFAULT_PRED_THRESHOLD, RefineConfig
 from construct.refine.pipeline import RefineResult, refine
 from construct.slide.defaults import MIN_AREA_UM2, VECTOR_MPP
-from construct.stain.methods import DEFAULT_METHOD as DEFAULT_STAIN_NORM
 from construct.slide.model import target_mpp
 from construct.slide.run import SlideConfig, segment_slides
+from construct.stain.methods import DEFAULT_METHOD as DEFAULT_STAIN_NORM
 
 # The gates a tile without a dataset behind it can take: the model's own classifier, or every class.
 # Naming the classes present (`present=`) gives the `labels` gate.

@@ -396,8 +396,8 @@ def refine(run, data, split, images, out, gate, pred_threshold, tta, crf, batch_
     """
     from construct.backbones.recipe import BackboneRecipe
     from construct.refine import RefineConfig
-    from construct.runs import read_run_config
     from construct.refine import refine as run_refine
+    from construct.runs import read_run_config
 
     if data is not None and split is None:
         split = "test"

@@ -16,8 +16,8 @@ from click.testing import CliRunner
 import construct.demo
 import construct.distill.config
 import construct.extract.config
-import construct.refine
 import construct.inference.factory
+import construct.refine
 import construct.train.config
 from construct.cli import main
 from construct.demo import DEMO_DEVICE, DemoConfig, _phases  # before the fixture stands in for DemoConfig

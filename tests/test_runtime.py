@@ -19,11 +19,15 @@ def fresh_announcements(monkeypatch):
     monkeypatch.setattr(runtime, "_announced", set())
 
 
+def _report(value: bool):
+    return lambda: value
+
+
 def cpu_reports(monkeypatch, **features: bool) -> None:
     """torch.cpu's capability reports, as a CPU with (True) or without (False) each feature gives them."""
     for name in runtime.CPU_BF16_CHECKS:
         short = name.removeprefix("_is_").removesuffix("_supported")
-        monkeypatch.setattr(torch.cpu, name, lambda value=features.get(short, False): value, raising=False)
+        monkeypatch.setattr(torch.cpu, name, _report(features.get(short, False)), raising=False)
 
 
 @pytest.mark.parametrize("features", [{"amx_tile": True}, {"avx512_bf16": True}])

@@ -181,7 +181,7 @@ class ConchBackbone(nn.Module):
         self.requires_grad_(False)
         self.eval()
 
-    def train(self, mode: bool = True) -> "ConchBackbone":
+    def train(self, mode: bool = True) -> ConchBackbone:
         return super().train(False)  # frozen: never dropout/drop-path
 
     @property

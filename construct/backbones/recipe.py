@@ -25,7 +25,7 @@ class BackboneRecipe:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "BackboneRecipe":
+    def from_dict(cls, d: dict) -> BackboneRecipe:
         kw = {f.name: d[f.name] for f in fields(cls)}
         kw["mean"], kw["std"], kw["taps"] = tuple(kw["mean"]), tuple(kw["std"]), tuple(kw["taps"])
         return cls(**kw)

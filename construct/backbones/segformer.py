@@ -127,7 +127,7 @@ class SegformerBackbone(nn.Module):
         self.requires_grad_(False)
         self.eval()
 
-    def train(self, mode: bool = True) -> "SegformerBackbone":
+    def train(self, mode: bool = True) -> SegformerBackbone:
         return super().train(False)
 
     @property

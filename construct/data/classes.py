@@ -75,7 +75,7 @@ class ClassSet:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ClassSet":
+    def from_dict(cls, d: dict) -> ClassSet:
         classes = tuple(
             TissueClass(
                 name=str(c["name"]),

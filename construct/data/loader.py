@@ -9,8 +9,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from construct.data.classes import ClassSet
-from construct.errors import ConstructError
 from construct.data.dataset import Sample, labels_from_mask, read_image, read_mask
+from construct.errors import ConstructError
 
 
 class TileDataset(Dataset):

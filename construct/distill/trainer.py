@@ -18,9 +18,7 @@ from construct.data.sources import split_source
 from construct.ddp import BatchShare, convert_sync_batchnorm, wrap
 from construct.distill.config import WEIGHTINGS, DistillConfig
 from construct.distill.data import TargetSet, augment, epoch_batches, target_loader, to_device
-from construct.student.io import save_student
 from construct.distill.losses import boundary_ce, boundary_weights, fixed_weighted, soft_mse, uncertainty_weighted
-from construct.student.model import Student, build_student, check_names
 from construct.distill.targets import check_classes, make_targets, open_targets
 from construct.distributed import World, session
 from construct.errors import ConstructError
@@ -42,13 +40,15 @@ from construct.runs import (
     write_metrics,
     write_run_config,
 )
+from construct.runtime import PRECISION_CHOICES, autocast, resolve_precision
 from construct.seeding import seeded_init
 from construct.stain.augment import hed_jitter
 from construct.stain.normalize import check_method
 from construct.stain.runs import RUN_KEY as STAIN_RUN_KEY
 from construct.stain.runs import TEACHER_KEY, reference_of_files, run_reference
-from construct.runtime import PRECISION_CHOICES, autocast, resolve_precision
 from construct.store.in_memory import gib
+from construct.student.io import save_student
+from construct.student.model import Student, build_student, check_names
 
 CHECKPOINT = "distill_checkpoint.pt"
 STUDENT_FILES = WEIGHT_FILES[STUDENT_KIND]

@@ -21,8 +21,8 @@ from construct.evaluate.ablation import ablation_html
 from construct.evaluate.collect import Collected, prediction_path
 from construct.evaluate.draw import confusion_image, mask_labels, overlay, readable_ink, score_bars, thumbnail
 from construct.evaluate.gallery import GalleryEntry
-from construct.metrics import apply_protocol, scores
 from construct.evaluate.table import table_rows
+from construct.metrics import apply_protocol, scores
 
 TILES_PER_GROUP = 3
 THUMB_SIZE = 112

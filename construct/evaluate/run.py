@@ -16,8 +16,8 @@ from construct.evaluate.ablation import read_ablation
 from construct.evaluate.baselines import baseline_scores
 from construct.evaluate.collect import Collected, collect
 from construct.evaluate.gallery import prototype_gallery
-from construct.metrics import PROTOCOLS, Scores, apply_protocol, scores
 from construct.evaluate.report import example_tiles, render_report
+from construct.metrics import PROTOCOLS, Scores, apply_protocol, scores
 from construct.refine.config import REFINE_META
 
 # Provenance files written by `construct refine` (in the prediction folder) and `construct synth`

@@ -18,12 +18,12 @@ from construct.backbones.registry import create_backbone
 from construct.data.classes import load_classes
 from construct.data.dataset import IMAGE_SIZE as TILE_SIZE
 from construct.data.dataset import Sample, list_split
+from construct.data.loader import ShardBatchSampler, TileDataset, images_to_tensor, tile_loader
 from construct.distributed import World, session
 from construct.errors import ConstructError
 from construct.extract.config import ExtractConfig
-from construct.data.loader import ShardBatchSampler, TileDataset, images_to_tensor, tile_loader
 from construct.runtime import PRECISION_CHOICES, autocast, resolve_precision
-from construct.store import FeatureStore, StoreLayout, StoreSpec, STORE_DTYPES, dataset_fingerprint
+from construct.store import STORE_DTYPES, FeatureStore, StoreLayout, StoreSpec, dataset_fingerprint
 
 MAX_PENDING_WRITES = 2  # shards queued for the writer thread before the forward waits (bounds memory)
 

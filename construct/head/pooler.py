@@ -46,7 +46,7 @@ class ContrastiveHead(nn.Module):
         self.proj = nn.Parameter(torch.zeros(d_model, out_dim), requires_grad=False)
 
     @classmethod
-    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> "ContrastiveHead":
+    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> ContrastiveHead:
         """Rebuild from the weights a store keeps (see `export_state`), with widths read off the tensors."""
         n_queries, d_model = state["pooler.query"].shape
         with seeded_init():  # every weight is overwritten below; this only keeps the caller's RNG untouched

@@ -54,7 +54,7 @@ class ScoreStore:
         self._in_memory: dict[str, np.ndarray] = {}
 
     @classmethod
-    def create(cls, path: Path, stems: list[str], n_classes: int, tile_size: int, compat: dict) -> "ScoreStore":
+    def create(cls, path: Path, stems: list[str], n_classes: int, tile_size: int, compat: dict) -> ScoreStore:
         """All arrays made in a sibling temp folder, then renamed: never half a store."""
         import zarr
         from zarr.codecs import ZstdCodec
@@ -75,7 +75,7 @@ class ScoreStore:
         return cls.open(path, mode="r+")
 
     @classmethod
-    def open(cls, path: Path, mode: str = "r") -> "ScoreStore":
+    def open(cls, path: Path, mode: str = "r") -> ScoreStore:
         import zarr
 
         path = Path(path)
@@ -91,7 +91,7 @@ class ScoreStore:
 
     @classmethod
     def open_or_create(cls, path: Path, stems: list[str], n_classes: int, tile_size: int,
-                       compat: dict) -> "ScoreStore":
+                       compat: dict) -> ScoreStore:
         """Resume a store made with the same compat, create a new one, or refuse in one line."""
         path = Path(path)
         if path.exists() and not _is_score_store(path):

@@ -13,8 +13,8 @@ from construct.atomic import atomic_output
 from construct.data.classes import ClassSet
 from construct.data.dataset import write_mask
 from construct.data.sources import Tile
-from construct.metrics import confusion_matrix
 from construct.head.scores import mask_index_lut
+from construct.metrics import confusion_matrix
 
 
 def save_scores(path: Path, scores: np.ndarray) -> None:

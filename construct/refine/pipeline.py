@@ -27,8 +27,8 @@ from construct.inference.head import TapBackbone
 from construct.inference.pipeline import run_inference
 from construct.inference.sinks import MaskSink
 from construct.refine.config import GATES, REFINE_META, SCORES_DIR, RefineConfig
-from construct.runtime import PRECISION_CHOICES
 from construct.runs import STUDENT_KIND
+from construct.runtime import PRECISION_CHOICES
 from construct.stain.normalize import check_method
 from construct.stain.predictor import with_stain_norm
 from construct.stain.runs import file_batches, fit_input, spread

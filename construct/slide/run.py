@@ -26,10 +26,10 @@ from construct.distributed import World
 from construct.errors import ConstructError
 from construct.inference.parts import Predictor
 from construct.inference.pipeline import run_inference
+from construct.slide.defaults import MIN_AREA_UM2, VECTOR_MPP
 from construct.slide.grid import make_grid
 from construct.slide.maskvalues import MASK_VALUES
 from construct.slide.memory import pin_mmap_threshold
-from construct.slide.defaults import MIN_AREA_UM2, VECTOR_MPP
 from construct.slide.phases import Phases, TimedPredictor
 from construct.slide.reader import MPP_RANGE, Slide, open_slide
 from construct.slide.sink import UNCLASSIFIED, StitchedSlideSink

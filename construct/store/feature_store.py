@@ -51,7 +51,7 @@ class StoreLayout:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "StoreLayout":
+    def from_dict(cls, d: dict) -> StoreLayout:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
@@ -144,7 +144,7 @@ class FeatureStore:
 
     # ---- creation / opening -------------------------------------------------------------
     @classmethod
-    def create(cls, path: Path | str, spec: StoreSpec) -> "FeatureStore":
+    def create(cls, path: Path | str, spec: StoreSpec) -> FeatureStore:
         """Create all arrays and metadata in a sibling temp folder, then rename: never half a store."""
         import zarr
         from zarr.codecs import ZstdCodec
@@ -201,7 +201,7 @@ class FeatureStore:
         return cls.open(path, mode="r+", require_complete=False)
 
     @classmethod
-    def open(cls, path: Path | str, mode: str = "r", require_complete: bool = True) -> "FeatureStore":
+    def open(cls, path: Path | str, mode: str = "r", require_complete: bool = True) -> FeatureStore:
         import zarr
 
         path = Path(path)
@@ -222,7 +222,7 @@ class FeatureStore:
         return store
 
     @classmethod
-    def open_or_create(cls, path: Path | str, spec: StoreSpec) -> "FeatureStore":
+    def open_or_create(cls, path: Path | str, spec: StoreSpec) -> FeatureStore:
         """Resume a store built with the same settings, create a new one, or refuse in one line."""
         path = Path(path)
         if path.is_file() or (path.is_dir() and any(path.iterdir()) and not _is_our_store(path)):

@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 
 from construct.data.classes import ClassSet
-from construct.student.model import Student
 from construct.errors import ConstructError
 from construct.runs import STUDENT_KIND, read_kind, read_weights, save_weights, weights_path
+from construct.student.model import Student
 
 
 def save_student(student: Student, path: Path, spec: dict) -> None:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import math
-import tomllib
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+
+import tomllib
 
 from construct.errors import ConstructError
 from construct.runtime import PRECISION_CHOICES

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import torch
 
+from construct.ddp import BatchShare, unwrap
 from construct.head.model import ConStructHead
 from construct.head.pooler import ContrastiveHead
 from construct.runtime import autocast
 from construct.train.config import TrainConfig
-from construct.ddp import BatchShare, unwrap
-from construct.train.weighting import LossWeighting
 from construct.train.losses import (
     MemoryBank,
     classification_loss,
@@ -17,6 +16,7 @@ from construct.train.losses import (
     relational_distillation_loss,
     soft_region_weights,
 )
+from construct.train.weighting import LossWeighting
 
 CONTRAST_TOKENS = "conch_b12"  # the contrastive head reads the last block, as CONCH does
 

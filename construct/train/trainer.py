@@ -13,11 +13,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from construct.ddp import BatchShare, convert_sync_batchnorm, wrap
 from construct.distributed import World, all_reduce_sum, env_world, process_device, session
 from construct.errors import ConstructError
 from construct.head.io import save_head
 from construct.head.model import ConStructHead, HeadConfig
-from construct.runtime import resolve_precision
 from construct.head.pooler import ContrastiveHead
 from construct.runs import (
     HEAD_KIND,
@@ -30,14 +30,14 @@ from construct.runs import (
     write_metrics,
     write_run_config,
 )
+from construct.runtime import resolve_precision
 from construct.seeding import seeded_init
-from construct.store import FeatureStore
 from construct.stain.runs import RUN_KEY, store_reference
+from construct.store import FeatureStore
 from construct.store.in_memory import gib
 from construct.train.augment import apply_symmetries, draw_symmetries
 from construct.train.config import TrainConfig
 from construct.train.data import batch_loader, epoch_batches
-from construct.ddp import BatchShare, convert_sync_batchnorm, wrap
 from construct.train.losses import MemoryBank
 from construct.train.objective import CONTRAST_TOKENS, compute_losses, teacher_tap
 from construct.train.validate import validate

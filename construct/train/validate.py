@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from construct.metrics import confusion_matrix, scores
 from construct.head.model import ConStructHead
 from construct.head.scores import score_maps, scores_to_masks
+from construct.metrics import confusion_matrix, scores
 from construct.runtime import autocast
 from construct.store import FeatureStore
 

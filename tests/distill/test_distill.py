@@ -13,13 +13,12 @@ from click.testing import CliRunner
 import construct.distill.trainer as trainer
 from construct.cli import main
 from construct.data.classes import BCSS
-from construct.student.io import load_student
-from construct.student.model import build_student
 from construct.distill.targets import check_classes
 from construct.distill.trainer import distill
 from construct.errors import ConstructError
 from construct.runs import WEIGHT_FILES
-
+from construct.student.io import load_student
+from construct.student.model import build_student
 from tiny_runs import quick_config
 
 

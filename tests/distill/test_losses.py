@@ -16,8 +16,8 @@ from construct.distill.losses import (
     soft_targets,
     uncertainty_weighted,
 )
-from construct.student.model import build_student
 from construct.distill.trainer import objective
+from construct.student.model import build_student
 
 
 def test_soft_targets_zero_absent_classes_and_renormalise():

@@ -12,10 +12,10 @@ from click.testing import CliRunner
 from construct.cli import main
 from construct.data.classes import BCSS
 from construct.data.dataset import list_split, read_image, read_mask
-from construct.student.io import load_student
 from construct.head.scores import mask_index_lut
 from construct.inference.student import StudentPredictor, predicted_gate
 from construct.refine import RefineConfig, refine
+from construct.student.io import load_student
 
 BG = BCSS.background_index
 

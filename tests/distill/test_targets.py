@@ -15,7 +15,6 @@ from construct.errors import ConstructError
 from construct.inference import score_store
 from construct.inference.head import HeadPredictor
 from construct.inference.score_store import ScoreStore
-
 from tiny_runs import quick_config
 
 

@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 
 from construct import __version__
-from construct.head.pooler import ContrastiveHead
 from construct.data.classes import BCSS
 from construct.extract.extractor import extract
+from construct.head.pooler import ContrastiveHead
 from construct.store import FeatureStore
 
 from .helpers import N_TRAIN, N_VALID, feature_bytes, tiny_config

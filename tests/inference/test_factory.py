@@ -23,7 +23,7 @@ def test_a_head_run_is_described_before_conch_is_built(tiny_run):
     assert model.settings["conch_fingerprint"] == meta["backbones"]["conch"]["fingerprint"]
     assert model.settings["precision"] == meta["store"]["preprocessing"].get("precision", "fp32")
     with pytest.raises(ConstructError, match="conch: "):
-        model.predictor
+        _ = model.predictor
     built = load_predictor(tiny_run.run, device="cpu", backbone=tiny_run.conch, tta=False, precision="bf16")
     assert built.predictor.fingerprint == model.fingerprint and built.n_variants == 1
     assert built.predictor.precision == "bf16" and built.settings["precision"] == "bf16"

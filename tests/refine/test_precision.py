@@ -12,11 +12,11 @@ import torch
 
 import construct.runtime as runtime
 from construct.data.classes import BCSS
-from construct.student.model import Student
-from construct.runs import RUN_CONFIG
+from construct.inference.factory import load_predictor
 from construct.inference.student import StudentPredictor
 from construct.refine.config import REFINE_META
-from construct.inference.factory import load_predictor
+from construct.runs import RUN_CONFIG
+from construct.student.model import Student
 
 
 def hardware(monkeypatch, native: bool) -> None:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from construct.seeding import seeded_init
 from construct.head.io import load_head
 from construct.head.model import ConStructHead, HeadConfig
 from construct.inference.head import tile_scores, variant_cams
 from construct.inference.tta import IDENTITY, Variant, expand, paper_variants, undo, variants_for
+from construct.seeding import seeded_init
 
 
 def asymmetric_images(b: int = 2, size: int = 224) -> torch.Tensor:
@@ -77,7 +77,7 @@ def test_flip_is_exactly_undone_with_an_equivariant_head():
     x = asymmetric_images()
     v = paper_variants()
     maps, _ = variant_cams(x, PatchBackbone(), equivariant_head(), v)
-    for k, m in maps.items():
+    for m in maps.values():
         assert m.shape[:3] == (2, 6, 4)
         assert (m.amax(dim=(-2, -1)) > 0.9).float().mean() > 0.5  # most maps span [0, 1] (min-max)
         for i in range(3):  # (no flip, b) and (flip, b) agree once the flip is undone

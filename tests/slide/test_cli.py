@@ -17,7 +17,6 @@ from construct.slide.run import SlideConfig, segment_slides
 from construct.slide.synthetic import ColourPredictor, make_synthetic_slide
 
 
-
 def _bad_inputs(folder: Path, good: Path) -> dict[str, Path]:
     folder.mkdir()
     truncated = folder / "truncated.tif"

@@ -92,9 +92,8 @@ def test_student_records_its_own_and_its_teachers_reference(student_run, tiny_ru
 @pytest.mark.parametrize("kw, match", [({"stain_augment": 1.5}, "--stain-augment 1.5"),
                                        ({"stain_norm": "vahadane"}, "--stain-norm vahadane")])
 def test_distill_refuses_bad_stain_settings(tiny_run, tmp_path, kw, match):
-    from tiny_runs import quick_config
-
     from construct.distill.trainer import distill
+    from tiny_runs import quick_config
 
     with pytest.raises(ConstructError, match=match):
         distill(quick_config(tiny_run, tmp_path / "s", **kw), conch=tiny_run.conch, progress=False)

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from construct.head.io import load_head, save_head
-from construct.runs import write_run_config
 from construct.head.model import ConStructHead, HeadConfig
+from construct.runs import write_run_config
 from construct.train.augment import N_DIHEDRAL, apply_symmetries, dihedral, draw_symmetries
 
 
