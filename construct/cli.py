@@ -11,13 +11,14 @@ import click
 
 from construct import __version__
 from construct.data import SPLITS
-from construct.distill.config import ARCHS, ENCODERS, WEIGHTINGS
+from construct.distill.config import WEIGHTINGS
 from construct.errors import ConstructError
 from construct.slide.defaults import MIN_AREA_UM2, VECTOR_MPP
 from construct.stain.methods import DEFAULT_AUGMENT as DEFAULT_STAIN_AUGMENT
 from construct.stain.methods import DEFAULT_METHOD as DEFAULT_STAIN_NORM
 from construct.stain.methods import METHODS as STAIN_METHODS
 from construct.store.in_memory import DEFAULT_MEMORY_GB
+from construct.student.names import ARCHS, ENCODERS
 
 RANDOM_WARNING = (
     "WARNING: random backbone weights ({specs}): features carry no pretrained knowledge; "

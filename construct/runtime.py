@@ -39,15 +39,19 @@ def native_bf16(device: torch.device) -> str | None:
     return None
 
 
-def resolve_precision(requested: str | None, device: torch.device, recorded: str | None = None,
-                      flag: str = "--precision") -> str:
+def check_precision(requested: str | None) -> None:
+    """A one-line refusal of a precision that is not auto (or None), fp32 or bf16."""
+    if requested is not None and requested not in PRECISION_CHOICES:
+        raise ConstructError(f"--precision {requested}: expected one of {', '.join(PRECISION_CHOICES)}")
+
+
+def resolve_precision(requested: str | None, device: torch.device, recorded: str | None = None) -> str:
     """fp32 or bf16 for `requested` (auto, fp32, bf16; None means auto) on `device`.
 
     auto takes `recorded` (what a run was explicitly asked to run at) when there is one, else bf16 where the
     device computes it natively and fp32 elsewhere. The choice is printed once per process."""
+    check_precision(requested)
     requested = requested or "auto"
-    if requested not in PRECISION_CHOICES:
-        raise ConstructError(f"{flag} {requested}: expected one of {', '.join(PRECISION_CHOICES)}")
     if requested != "auto":
         return requested
     if recorded in PRECISIONS:

@@ -40,7 +40,7 @@ from construct.runs import (
     write_metrics,
     write_run_config,
 )
-from construct.runtime import PRECISION_CHOICES, autocast, resolve_precision
+from construct.runtime import autocast, check_precision, resolve_precision
 from construct.seeding import seeded_init
 from construct.stain.augment import hed_jitter
 from construct.stain.normalize import check_method
@@ -76,8 +76,7 @@ def _validate(cfg: DistillConfig) -> None:
     check_method(cfg.stain_norm)
     if not 0.0 <= cfg.stain_augment <= 1.0:
         raise ConstructError(f"--stain-augment {cfg.stain_augment}: expected a strength in [0, 1]")
-    if cfg.precision is not None and cfg.precision not in PRECISION_CHOICES:
-        raise ConstructError(f"--precision {cfg.precision}: expected one of {', '.join(PRECISION_CHOICES)}")
+    check_precision(cfg.precision)
     if cfg.crop is not None and (cfg.crop < 32 or cfg.crop % 32):
         raise ConstructError(f"--crop {cfg.crop}: must be a multiple of 32 (the students' output stride)")
 

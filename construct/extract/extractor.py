@@ -22,7 +22,7 @@ from construct.data.loader import ShardBatchSampler, TileDataset, images_to_tens
 from construct.distributed import World, session
 from construct.errors import ConstructError
 from construct.extract.config import ExtractConfig
-from construct.runtime import PRECISION_CHOICES, autocast, resolve_precision
+from construct.runtime import autocast, check_precision, resolve_precision
 from construct.store import STORE_DTYPES, FeatureStore, StoreLayout, StoreSpec, dataset_fingerprint
 
 MAX_PENDING_WRITES = 2  # shards queued for the writer thread before the forward waits (bounds memory)
@@ -127,8 +127,7 @@ def _validate(cfg: ExtractConfig) -> None:
         raise ConstructError("--batch-size and shard rows must be at least 1")
     if cfg.limit is not None and cfg.limit < 1:
         raise ConstructError("--limit must be at least 1")
-    if cfg.precision not in PRECISION_CHOICES:
-        raise ConstructError(f"--precision {cfg.precision}: expected one of {', '.join(PRECISION_CHOICES)}")
+    check_precision(cfg.precision)
     if cfg.workers < 0:
         raise ConstructError(f"--workers {cfg.workers}: must be 0 (decode in the main process) or more")
     for flag, values in (("--seg-stages", cfg.seg_stages), ("CONCH blocks", cfg.conch_blocks)):

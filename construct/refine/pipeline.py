@@ -28,7 +28,7 @@ from construct.inference.pipeline import run_inference
 from construct.inference.sinks import MaskSink
 from construct.refine.config import GATES, REFINE_META, SCORES_DIR, RefineConfig
 from construct.runs import STUDENT_KIND
-from construct.runtime import PRECISION_CHOICES
+from construct.runtime import check_precision
 from construct.stain.normalize import check_method
 from construct.stain.predictor import with_stain_norm
 from construct.stain.runs import file_batches, fit_input, spread
@@ -66,8 +66,7 @@ def _validate(cfg: RefineConfig) -> None:
         raise ConstructError(f"--split {cfg.split}: expected one of {', '.join(SPLITS)}")
     if cfg.gate is not None and cfg.gate not in GATES:
         raise ConstructError(f"--gate {cfg.gate}: expected one of {', '.join(GATES)}")
-    if cfg.precision is not None and cfg.precision not in PRECISION_CHOICES:
-        raise ConstructError(f"--precision {cfg.precision}: expected one of {', '.join(PRECISION_CHOICES)}")
+    check_precision(cfg.precision)
     check_method(cfg.stain_norm)
     if cfg.batch_size < 1:
         raise ConstructError("--batch-size must be at least 1")
@@ -182,7 +181,8 @@ def refine(
         "complete": False, "random_weights": model.random_weights, "kind": model.kind,
         "backbones": {k: r.to_dict() for k, r in model.backbones.items()},
         "run": settings["run"], "split": cfg.split, "data": settings.get("data"), "images": settings.get("images"),
-        "gate": gate, "tta": model.tta, "crf": crf, "precision": settings["precision"], "n_variants": model.n_variants, "head": cfg.head,
+        "gate": gate, "tta": model.tta, "crf": crf, "precision": settings["precision"],
+        "n_variants": model.n_variants, "head": cfg.head,
         **({"student": model.meta["student"]} if model.kind == STUDENT_KIND else {}),
         "classes": classes.names, "n_images": len(samples), "settings": settings, "stain": stain,
     }

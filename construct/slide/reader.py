@@ -70,7 +70,7 @@ class Slide:
         even for a slide without a pyramid, whose every region comes from level 0."""
         w0, h0 = self.dimensions
         out_w, out_h = max(1, math.ceil(w0 / downsample)), max(1, math.ceil(h0 / downsample))
-        level = self.handle.get_best_level_for_downsample(downsample * (1 + 1e-6))
+        level = best_level(self.handle.level_downsamples, downsample)  # the level `read` takes
         step = max(1, int(THUMB_READ_SIDE * self.handle.level_downsamples[level] / downsample))  # output px
         out = np.empty((out_h, out_w, 3), np.uint8)
         for r in range(0, out_h, step):

@@ -9,10 +9,12 @@ which the next run removes before starting that slide again.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from construct.data.classes import ClassSet
 from construct.data.sources import Tile
@@ -49,6 +51,8 @@ class StitchedSlideSink:
         self.meta = meta
         self.mask_values = mask_values
         self.vector_factor = vector_factor(vector_mpp, target_mpp)
+        self.vector_mpp = self.vector_factor * target_mpp  # what the GeoJSON is traced at
+        self.qupath_offset = qupath_offset(slide.handle.properties)
         self.min_area_um2 = min_area_um2
         self.phases = phases or Phases()
         self.polygons: dict[str, int] = {}
@@ -107,11 +111,22 @@ class StitchedSlideSink:
             "background_in_tissue_mm2": round(background * px_mm2, 6),
             UNCLASSIFIED: share(background),  # with the classes, 100% of the tissue
             "mask_values": self.mask_values, "warnings": list(self.slide.warnings),
-            "vector": {"mpp": self.vector_factor * self.target_mpp, "min_area_um2": self.min_area_um2,
-                       "qupath_offset": list(qupath_offset(self.slide.handle.properties)),
+            "vector": {"mpp": self.vector_mpp, "min_area_um2": self.min_area_um2,
+                       "qupath_offset": list(self.qupath_offset),
                        "polygons": self.polygons},
             "seconds": round(self.phases.elapsed(), 3), "seconds_by_phase": self.phases.record(), **self.meta,
         }
+
+    def _overlay_thumbnail(self) -> np.ndarray:
+        """The slide at the overlay's size: shrunk from the image tissue was found on when that is large
+        enough (a slide without a pyramid is not read from level 0 a second time), else read."""
+        w0, h0 = self.slide.dimensions
+        downsample = max(1.0, max(w0, h0) / OVERLAY_SIDE)
+        size = (max(1, math.ceil(w0 / downsample)), max(1, math.ceil(h0 / downsample)))
+        kept = self.tissue.image
+        if kept is not None and kept.shape[1] >= size[0] and kept.shape[0] >= size[1]:
+            return np.asarray(Image.fromarray(kept).resize(size, Image.Resampling.BOX))
+        return self.slide.thumbnail(downsample)
 
     def close(self) -> None:
         """Write every output into scratch, then move the folder into place; `written` is the summary."""
@@ -127,17 +142,15 @@ class StitchedSlideSink:
             write_ome_tiff(staging / "mask.ome.tif", levels, self.target_mpp, name, values)
             (staging / "mask_classes.csv").write_text(mask_table(self.classes, values), encoding="utf-8")
         with self.phases.time("vector"):
-            traced_mpp = self.vector_factor * self.target_mpp
             self.polygons = write_geojson(staging / "annotations.geojson", labels, self.classes, self.grid.scale,
-                                          self.vector_factor, qupath_offset(self.slide.handle.properties),
-                                          self.min_area_um2 / traced_mpp ** 2, self.work_dir / "vector")
+                                          self.vector_factor, self.qupath_offset,
+                                          self.min_area_um2 / self.vector_mpp ** 2, self.work_dir / "vector")
         with self.phases.time("write"):
             tissue_preview(self.tissue).save(staging / "tissue.png")
             summary = self.summary()
             percents = {k: v["percent_tissue"] for k, v in summary["classes"].items()}
             percents[UNCLASSIFIED] = summary[UNCLASSIFIED]["percent_tissue"]
-            w0, h0 = self.slide.dimensions
-            thumb = self.slide.thumbnail(max(1.0, max(w0, h0) / OVERLAY_SIDE))
+            thumb = self._overlay_thumbnail()
             # Fast deflate: a noisy 1024 px thumbnail at the default level costs a second, for 10% less size.
             overlay(thumb, np.asarray(levels[-1][:]), self.classes, percents).save(staging / "overlay.png",
                                                                                    compress_level=1)

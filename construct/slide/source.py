@@ -28,7 +28,7 @@ class SlideTileSource:
         self.slide = slide
         self.grid = grid
         self.origins = origins
-        self.phases = phases  # bills the time spent waiting for tiles to `read`
+        self.phases = phases or Phases()  # bills the time spent waiting for tiles to `read`
 
     def __len__(self) -> int:
         return len(self.origins)
@@ -52,8 +52,6 @@ class SlideTileSource:
                 yield self._wait(pending.popleft())
 
     def _wait(self, futures: list[Future]) -> list[Tile]:
-        if self.phases is None:
-            return [f.result() for f in futures]
         with self.phases.time("read"):
             return [f.result() for f in futures]
 

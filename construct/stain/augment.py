@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import torch
 
-from construct.stain.colour import from_od, to_od
+from construct.stain.colour import DAB, EOSIN, HEMATOXYLIN, from_od, to_od
 
-# Rows: the RGB optical density of hematoxylin, eosin, DAB (Ruifrok & Johnston 2001, as scikit-image).
-RUIFROK = ((0.65, 0.70, 0.29), (0.07, 0.99, 0.11), (0.27, 0.57, 0.78))
+RUIFROK = (HEMATOXYLIN, EOSIN, DAB)  # rows of the deconvolution matrix
 SHIFT_SCALE = 0.3  # typical tissue concentration in these units: shifts are a fraction of it
 
 

@@ -9,6 +9,11 @@ from __future__ import annotations
 
 import torch
 
+# The RGB optical density of each stain (Ruifrok & Johnston 2001, as scikit-image).
+HEMATOXYLIN = (0.65, 0.70, 0.29)
+EOSIN = (0.07, 0.99, 0.11)
+DAB = (0.27, 0.57, 0.78)
+
 # Darkest intensity kept: ln(255) bounds OD so that a black pixel does not dominate a least-squares fit.
 MIN_INTENSITY = 1.0 / 255.0
 _D65_WHITE = (0.95047, 1.0, 1.08883)

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 import torch
 
-from construct.stain.colour import as_rows, rgb_to_lab, to_od
+from construct.stain.colour import EOSIN, HEMATOXYLIN, as_rows, rgb_to_lab, to_od
 from construct.stain.reference import DegenerateStain, StainReference
 
 TISSUE_OD = 0.15  # Macenko's beta: below it in any channel a pixel is (nearly) transparent
@@ -24,8 +24,6 @@ MIN_PIXELS = 2_500  # about 5% of one 224 px tile
 SEED = 0
 # Plausible H&E: each estimated stain within this angle of the textbook vector (Ruifrok & Johnston 2001),
 # and the two stains at least MIN_STAIN_ANGLE apart. Outside them: one stain only, or ink.
-HEMATOXYLIN = (0.65, 0.70, 0.29)
-EOSIN = (0.07, 0.99, 0.11)
 MAX_ANGLE_FROM_TEXTBOOK = 40.0
 MIN_STAIN_ANGLE = 10.0
 MIN_LAB_STD = 1.0

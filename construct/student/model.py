@@ -12,8 +12,8 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from construct.distill.config import ARCHS, ENCODERS
 from construct.errors import ConstructError
+from construct.student.names import ARCHS, ENCODERS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -10,7 +10,7 @@ from pathlib import Path
 import tomllib
 
 from construct.errors import ConstructError
-from construct.runtime import PRECISION_CHOICES
+from construct.runtime import check_precision
 from construct.store.in_memory import DEFAULT_MEMORY_GB
 
 
@@ -172,8 +172,7 @@ def resolve_config(preset: str = "paper", config_file: Path | None = None, **fla
         raise ConstructError(f"--loss-weighting {cfg.loss_weighting}: expected one of {', '.join(LOSS_WEIGHTINGS)}")
     if (cfg.eval_every is not None and cfg.eval_every < 1) or cfg.log_every < 1:
         raise ConstructError("eval_every and log_every must be >= 1")
-    if cfg.precision not in PRECISION_CHOICES:
-        raise ConstructError(f"--precision {cfg.precision}: expected one of {', '.join(PRECISION_CHOICES)}")
+    check_precision(cfg.precision)
     if cfg.optimizer not in OPTIMIZERS:
         raise ConstructError(f"optimizer {cfg.optimizer!r}: expected one of {', '.join(OPTIMIZERS)}")
     if cfg.bank_init not in BANK_INITS:
