@@ -99,9 +99,13 @@ def construct(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "construct", *args], check=True)
 
 
+def student_name(seed: int) -> str:
+    return "student" if seed == 0 else f"student-s{seed}"
+
+
 def make_runs(data: Path, work: Path, conch: str, segformer: str, device: str, epochs: int,
-              models: list[str]) -> dict[str, Path]:
-    head, student = work / "runs" / "head", work / "runs" / "student"
+              models: list[str], student_seeds: list[int]) -> dict[str, Path]:
+    head = work / "runs" / "head"
     for split in ("train", "valid"):
         construct("extract", "--data", str(data), "--split", split, "--out", str(work / "features" / f"{split}.zarr"),
                   "--conch", conch, "--segformer", segformer, "--device", device, "--quiet")
@@ -109,12 +113,16 @@ def make_runs(data: Path, work: Path, conch: str, segformer: str, device: str, e
         construct("train", "--features", str(work / "features" / "train.zarr"), "--val-features",
                   str(work / "features" / "valid.zarr"), "--out", str(head), "--preset", "demo", "--device", device,
                   "--quiet")
-    history = student / "metrics.jsonl"
-    if "student" in models and (not history.is_file() or len(history.read_text().splitlines()) < epochs):
-        resume = ["--resume"] if (student / "config.json").is_file() else []
-        construct("distill", "--run", str(head), "--data", str(data), "--out", str(student), "--epochs", str(epochs),
-                  "--device", device, "--quiet", *resume)
-    return {k: v for k, v in {"head": head, "student": student}.items() if k in models}
+    runs = {"head": head} if "head" in models else {}
+    for seed in student_seeds if "student" in models else []:
+        student = work / "runs" / student_name(seed)
+        history = student / "metrics.jsonl"
+        if not history.is_file() or len(history.read_text().splitlines()) < epochs:
+            resume = ["--resume"] if (student / "config.json").is_file() else []
+            construct("distill", "--run", str(head), "--data", str(data), "--out", str(student), "--epochs",
+                      str(epochs), "--seed", str(seed), "--device", device, "--quiet", *resume)
+        runs[student_name(seed)] = student
+    return runs
 
 
 def score(run: Path, data: Path, out: Path, method: str, device: str) -> float:
@@ -134,11 +142,15 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=3, help="student epochs")
     p.add_argument("--seed", type=int, default=0, help="of the random shifts")
     p.add_argument("--models", default="head,student", help="which runs to score (head: no student trained)")
+    p.add_argument("--student-seeds", default="0", help="one student per seed (`0,1`: two), each scored")
+    p.add_argument("--methods", default=",".join(METHODS),
+                   help="normalisations to score (none is always scored: the drops are measured from it)")
     p.set_defaults(conch="random-tiny", segformer="random-tiny")
     args = p.parse_args()
     with workdir(args.workdir) as work:
         runs = make_runs(args.data, work, args.conch, args.segformer, args.device, args.epochs,
-                         args.models.split(","))
+                         args.models.split(","), [int(x) for x in args.student_seeds.split(",")])
+        methods = ["none", *(m for m in args.methods.split(",") if m != "none")]
         versions = {"original": args.data}
         table = shifts(args.seed)
         for name, shift in table.items():
@@ -147,10 +159,10 @@ def main() -> None:
         worst = 0.0
         for model, run in runs.items():
             miou = {m: {v: score(run, root, work / "pred" / model / m / v, m, args.device)
-                        for v, root in versions.items()} for m in METHODS}
+                        for v, root in versions.items()} for m in methods}
             base = miou["none"]["original"]
             rows = {}
-            for m in METHODS:
+            for m in methods:
                 drops = [base - miou[m][v] for v in versions if v != "original"]
                 rows[m] = {"mIoU": miou[m], "mean_drop": round(float(np.mean(drops)), 2),
                            "worst_drop": round(float(max(drops)), 2),
@@ -158,7 +170,8 @@ def main() -> None:
                 report(f"{model} {m}: mean / worst drop", f"{rows[m]['mean_drop']:.2f} / {rows[m]['worst_drop']:.2f}",
                        f"(unshifted {rows[m]['unshifted_change']:+.2f}; original {base:.2f})")
             figures["models"][model] = rows
-            worst = max(worst, rows[DEFAULT_METHOD]["worst_drop"])
+            if DEFAULT_METHOD in rows:
+                worst = max(worst, rows[DEFAULT_METHOD]["worst_drop"])
         figures["default_method"] = DEFAULT_METHOD
         finish("worst_drop", worst, figures, args, digits=2)
 

@@ -55,7 +55,7 @@ def resolve_precision(requested: str | None, device: torch.device, recorded: str
     if requested != "auto":
         return requested
     if recorded in PRECISIONS:
-        _announce(f"precision: {recorded} (auto: as the run was asked to run)")
+        _announce(f"precision: {recorded} (auto: as first asked for this run or store)")
         return recorded
     native = native_bf16(device)
     choice = "bf16" if native else "fp32"

@@ -22,7 +22,7 @@ from construct.inference.pipeline import run_inference
 from construct.inference.score_store import ScoreStore, ScoreStoreSink
 from construct.runs import HEAD_KIND, read_kind, requested_precision
 from construct.stain.predictor import with_stain_norm
-from construct.stain.runs import file_batches, fit_input, spread
+from construct.stain.runs import file_batches, fit_input, reference_of_files, spread
 from construct.store.feature_store import dataset_fingerprint
 
 TARGETS_DIR = "targets"
@@ -101,9 +101,11 @@ def make_targets(cfg: DistillConfig, source: SampleSource, conch: TapBackbone | 
                                       model.tile_size, compat)
     if store.complete:
         return store
+    paths, where = [s.image_path for s in source.samples], f"train split of {cfg.data}"
+    # The estimate the student's run record keeps as its own reference (computed once, see reference_of_files).
+    stain = reference_of_files(paths, where, model.tile_size) if cfg.stain_norm != "none" else None
     normalizer, _ = fit_input(cfg.stain_norm, Path(cfg.run),
-                              file_batches([s.image_path for s in spread(source.samples)], model.tile_size),
-                              f"train split of {cfg.data}")
+                              stain if stain is not None else file_batches(spread(paths), model.tile_size), where)
     run_inference(source, with_stain_norm(model.predictor, normalizer), [ScoreStoreSink(store)], "labels", crf=cfg.crf,
                   batch_size=cfg.target_batch_size, workers=cfg.target_workers, progress=progress,
                   total=int((~store.done_mask()).sum()), desc="teacher targets")

@@ -45,7 +45,7 @@ from construct.seeding import seeded_init
 from construct.stain.augment import hed_jitter
 from construct.stain.normalize import check_method
 from construct.stain.runs import RUN_KEY as STAIN_RUN_KEY
-from construct.stain.runs import TEACHER_KEY, reference_of_files, run_reference
+from construct.stain.runs import TEACHER_KEY, reference_of_files, reference_of_run
 from construct.store.in_memory import gib
 from construct.student.io import save_student
 from construct.student.model import Student, build_student, check_names
@@ -280,14 +280,14 @@ def _run_record(cfg: DistillConfig, spec: dict, classes, tile_size: int, store: 
         "teacher": {"run": str(Path(cfg.run).resolve()), "targets": str(Path(store.path).resolve()),
                     "head_fingerprint": store.compat.get("head_fingerprint"),
                     "conch_fingerprint": store.compat.get("conch_fingerprint")},
-        **_stain_references(cfg, run_meta, samples, tile_size),
+        **_stain_references(cfg, samples, tile_size),
     }
 
 
-def _stain_references(cfg: DistillConfig, run_meta: dict, samples: list, tile_size: int) -> dict:
+def _stain_references(cfg: DistillConfig, samples: list, tile_size: int) -> dict:
     """The student's own stain reference (its training tiles, un-normalised, as it saw them) and its
     teacher's; inference normalises to the first, falling back to the second."""
-    teacher = run_reference(Path(cfg.run), run_meta)
+    teacher = reference_of_run(Path(cfg.run))
     own = reference_of_files([s.image_path for s in samples], f"train split of {cfg.data}", tile_size)
     return {STAIN_RUN_KEY: own.to_dict() if own is not None else None,
             TEACHER_KEY: teacher.to_dict() if teacher is not None else None}

@@ -117,15 +117,16 @@ def _settings(cfg: RefineConfig, model: LoadedModel, crf: bool, gate: str) -> di
     }
 
 
-def _check_out(out: Path, settings: dict, samples: list[Sample]) -> bool:
-    """True when `out` already holds predictions of these settings (resume); refuses other settings."""
+def _check_out(out: Path, settings: dict, samples: list[Sample]) -> dict | None:
+    """The refine.json of predictions of these settings already in `out` (resume), None when there are none;
+    refuses other settings."""
     path = out / REFINE_META
     if not path.is_file():
         clash = [s.image_id for s in samples if (out / f"{s.image_id}.png").exists()]
         if clash:
             raise ConstructError(f"{out}: holds PNGs not written by `construct refine` (e.g. {clash[0]}.png); "
                                  f"use another --out")
-        return False
+        return None
     try:
         old = json.loads(path.read_text())
     except (OSError, ValueError) as e:
@@ -137,7 +138,7 @@ def _check_out(out: Path, settings: dict, samples: list[Sample]) -> bool:
         changed = sorted(k for k in set(old_settings) | set(settings) if old_settings.get(k) != settings.get(k))
         raise ConstructError(f"{out}: holds predictions made with other settings ({', '.join(changed)} differ); "
                              f"use another --out or delete that folder")
-    return True
+    return old
 
 
 def _write_meta(out: Path, record: dict) -> None:
@@ -169,13 +170,16 @@ def refine(
     source.with_masks = gate == "gt"  # masks are decoded only when they gate
     out = cfg.out_path
     settings = _settings(cfg, model, crf, gate)
-    resuming = _check_out(out, settings, samples)
-    sink = MaskSink(out, classes, out / SCORES_DIR if cfg.save_scores else None, resume=resuming)
+    previous = _check_out(out, settings, samples)
+    sink = MaskSink(out, classes, out / SCORES_DIR if cfg.save_scores else None, resume=previous is not None)
     pending = [s for s in samples if not sink.done(s.image_id)]
-    # One estimate of the source's stain (a sample of its tiles), not one per tile.
-    normalizer, stain = fit_input(cfg.stain_norm, Path(cfg.run),
-                                  file_batches([s.image_path for s in spread(samples)], model.tile_size),
-                                  f"{source.name} ({len(samples)} tiles)")
+    if pending or previous is None:
+        # One estimate of the source's stain (a sample of its tiles), not one per tile.
+        normalizer, stain = fit_input(cfg.stain_norm, Path(cfg.run),
+                                      file_batches([s.image_path for s in spread(samples)], model.tile_size),
+                                      f"{source.name} ({len(samples)} tiles)")
+    else:  # finished before: what was done then stands
+        normalizer, stain = None, previous.get("stain")
     record = {
         "format": REFINE_FORMAT, "format_version": REFINE_FORMAT_VERSION, "package_version": __version__,
         "complete": False, "random_weights": model.random_weights, "kind": model.kind,

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 
 import torch
 
-PHASES = ("tissue", "read", "model", "stitch", "vector", "write")
+PHASES = ("tissue", "stain", "read", "model", "stitch", "vector", "write")
 
 
 class Phases:

@@ -158,6 +158,7 @@ def segment_slide(path: Path, cfg: SlideConfig, predictor: Predictor, progress: 
             d = tissue_downsample(slide.dimensions, slide.mpp)
             tissue = detect_tissue(slide.thumbnail(d), d, slide.mpp, cfg.tissue_threshold)
             origins = grid.tissue_tiles(tissue)
+        with phases.time("stain"):
             normalizer, stain = _fit_stain(cfg, slide, grid, origins, path.stem)
         sink = StitchedSlideSink(out_dir, work, slide, grid, tissue, origins, predictor.classes, cfg.target_mpp,
                                  {**cfg.meta, "gate": GATE, "stain": stain}, cfg.mask_values, cfg.vector_mpp,

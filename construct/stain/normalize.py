@@ -70,11 +70,12 @@ class StainNormalizer:
         return from_rows(rows + weight * (moved - rows), images01).to(images01.dtype)
 
 
-def fit_normalizer(method: str, reference: StainReference | None, batches: Iterable[torch.Tensor],
-                   source: str) -> tuple[StainNormalizer | None, dict]:
-    """Estimate the input's stain once from `batches` (B, 3, H, W) in [0, 1] and return the normaliser to
-    `reference` (None: normalisation off, or not possible) with the record outputs keep of it. A missing
-    reference or a degenerate input falls back to no normalisation with a warning, never an error."""
+def fit_normalizer(method: str, reference: StainReference | None,
+                   stain: Iterable[torch.Tensor] | StainReference, source: str) -> tuple[StainNormalizer | None, dict]:
+    """The normaliser of an input to `reference` (None: normalisation off, or not possible) with the record
+    outputs keep of it. `stain`: the input's estimate, or (B, 3, H, W) batches in [0, 1] to estimate it from
+    (once, only when normalising). A missing reference or a degenerate input falls back to no
+    normalisation with a warning, never an error."""
     check_method(method)
     record: dict = {"requested": method, "applied": "none", "source": source,
                     "reference": reference.to_dict() if reference is not None else None,
@@ -82,7 +83,7 @@ def fit_normalizer(method: str, reference: StainReference | None, batches: Itera
     if method == "none":
         return None, record
     try:
-        estimate = estimate_images(batches, source)
+        estimate = stain if isinstance(stain, StainReference) else estimate_images(stain, source)
     except DegenerateStain as e:
         record["warning"] = f"{source}: stain not estimated ({e}); not normalised"
     else:

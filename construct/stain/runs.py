@@ -8,6 +8,7 @@ none: its reference is computed from the training tiles its store names, when th
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -57,9 +58,15 @@ def file_batches(paths: Sequence[Path], size: int | None = None) -> Iterator[tor
 
 def reference_of_files(paths: Sequence[Path], source: str, size: int = IMAGE_SIZE) -> StainReference | None:
     """The reference of a sample of these `size` px tiles (others are left out), or None (with a warning)
-    when they cannot give one."""
+    when they cannot give one. Computed once per process for the same tiles (distill's targets and its
+    run record both need its training split's)."""
+    return _reference_of_files(tuple(spread(paths)), source, size)
+
+
+@functools.lru_cache(maxsize=4)
+def _reference_of_files(sample: tuple[Path, ...], source: str, size: int) -> StainReference | None:
     try:
-        return estimate_images(file_batches(spread(paths), size), source)
+        return estimate_images(file_batches(sample, size), source)
     except DegenerateStain as e:
         log.warning("warning: %s: no stain reference (%s)", source, e)
         return None
@@ -107,14 +114,27 @@ def run_reference(run: Path, meta: dict) -> StainReference | None:
     return _parse(meta.get(TEACHER_KEY), f"{run}/config.json")
 
 
-def fit_input(method: str, run: Path | None, batches: Iterable[torch.Tensor],
-              source: str) -> tuple[StainNormalizer | None, dict]:
-    """The normaliser of one input (a split, a folder, a slide: `batches` of a sample of its tiles) to the
-    reference of `run` (None: no run, no normalisation), and its record for the outputs; see
-    `fit_normalizer`."""
+def reference_of_run(run: Path) -> StainReference | None:
+    """`run_reference` of a run folder, resolved once per process for as long as its config.json is
+    unchanged: a batch of slides or folders (and a run without a recorded reference, whose reference is
+    estimated from its training tiles) pays for it once."""
+    config = Path(run).resolve() / "config.json"
+    return _reference_of_run(config.parent, config.stat().st_mtime_ns if config.is_file() else None)
+
+
+@functools.lru_cache(maxsize=16)
+def _reference_of_run(run: Path, config_stamp: int | None) -> StainReference | None:
     from construct.runs import read_run_config
 
+    return run_reference(run, read_run_config(run))
+
+
+def fit_input(method: str, run: Path | None, stain: Iterable[torch.Tensor] | StainReference,
+              source: str) -> tuple[StainNormalizer | None, dict]:
+    """The normaliser of one input (a split, a folder, a slide: `stain` is its estimate, or batches of a
+    sample of its tiles to estimate it from) to the reference of `run` (None: no run, no normalisation),
+    and its record for the outputs; see `fit_normalizer`."""
     if run is None:
         method = "none"
-    reference = run_reference(Path(run), read_run_config(Path(run))) if method != "none" else None
-    return fit_normalizer(method, reference, batches, source)
+    reference = reference_of_run(Path(run)) if method != "none" else None
+    return fit_normalizer(method, reference, stain, source)

@@ -98,3 +98,66 @@ def test_distill_refuses_bad_stain_settings(tiny_run, tmp_path, kw, match):
     with pytest.raises(ConstructError, match=match):
         distill(quick_config(tiny_run, tmp_path / "s", **kw), conch=tiny_run.conch, progress=False)
     assert not (tmp_path / "s").exists()
+
+
+def test_a_finished_refine_is_not_estimated_again_and_keeps_its_record(tiny_run, tmp_path, monkeypatch):
+    import construct.refine.pipeline as pipeline
+
+    tiny_run.refine(tmp_path / "m")
+    first = json.loads((tmp_path / "m" / "refine.json").read_text())["stain"]
+
+    def no_estimate(*args, **kwargs):
+        raise AssertionError("the input's stain was estimated again for a finished folder")
+
+    monkeypatch.setattr(pipeline, "fit_input", no_estimate)
+    result = tiny_run.refine(tmp_path / "m")
+    assert result.n_written == 0
+    assert json.loads((tmp_path / "m" / "refine.json").read_text())["stain"] == first
+
+
+def test_a_runs_reference_is_resolved_once_until_its_config_changes(tiny_run, tmp_path, monkeypatch):
+    import os
+
+    import construct.stain.runs as runs
+
+    run = tiny_run.copy_run(tmp_path / "run")
+    calls = []
+    resolve = runs.run_reference
+    monkeypatch.setattr(runs, "run_reference", lambda *a: calls.append(a) or resolve(*a))
+    first = runs.reference_of_run(run)
+    assert runs.reference_of_run(run) == first and len(calls) == 1  # a batch of slides pays once
+    meta = json.loads((run / "config.json").read_text())
+    meta.pop(RUN_KEY)
+    meta["store"]["path"] = str(tmp_path / "gone.zarr")
+    (run / "config.json").write_text(json.dumps(meta))
+    stat = (run / "config.json").stat()
+    os.utime(run / "config.json", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # coarse clocks
+    assert runs.reference_of_run(run) is None and len(calls) == 2
+
+
+def test_distill_estimates_its_training_tiles_stain_once(tiny_run, tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    import construct.stain.normalize as normalize
+    import construct.stain.runs as runs
+    from construct.distill.trainer import distill
+    from tiny_runs import quick_config
+
+    runs._reference_of_files.cache_clear()
+    estimated = []
+    estimate = runs.estimate_images
+
+    def counted(batches, source):
+        estimated.append(source)
+        return estimate(batches, source)
+
+    for module in (runs, normalize):
+        monkeypatch.setattr(module, "estimate_images", counted)
+    # A copy of the teacher has no targets yet: they are made (normalised) and the run record written.
+    cfg = replace(quick_config(tiny_run, tmp_path / "s", stain_norm="reinhard"),
+                  run=tiny_run.copy_run(tmp_path / "teacher"))
+    distill(cfg, conch=tiny_run.conch, progress=False)
+    assert (tmp_path / "teacher" / "targets").is_dir()
+    assert [s for s in estimated if s.startswith("train split")] == [f"train split of {cfg.data}"]
+    own = read_run_config(tmp_path / "s")[RUN_KEY]
+    assert own is not None and own["source"] == f"train split of {cfg.data}"
