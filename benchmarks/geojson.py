@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 from _common import base_parser, finish, report, workdir
+from _memory import peak_rss_mb
 from scipy import ndimage
 
 from construct.data.classes import BCSS
@@ -56,13 +57,6 @@ def label_map(path: Path, side: int, speckle: bool, seed: int = 0) -> None:
         labels[hit] = rng.integers(0, n, hit.sum(), dtype=np.uint8)
     arr = zarr.create_array(store=str(path), shape=labels.shape, chunks=(256, 256), dtype="uint8")
     arr[:] = labels
-
-
-def peak_rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def old_vectorize(rev: str):

@@ -29,7 +29,6 @@ it was, 224 px tiles. Prints `mm2_per_s` (tissue mm² per second of the whole sl
 from __future__ import annotations
 
 import json
-import resource
 import shutil
 import subprocess
 import sys
@@ -38,6 +37,7 @@ from pathlib import Path
 
 import torch
 from _common import base_parser, finish, median, report, workdir
+from _memory import peak_rss_mb
 from PIL import Image
 
 from construct.backbones.registry import create_backbone
@@ -54,7 +54,7 @@ from construct.slide.reader import open_slide
 from construct.slide.run import SlideConfig, segment_slides
 from construct.slide.source import SlideTileSource
 from construct.slide.synthetic import ColourPredictor, make_synthetic_slide
-from construct.slide.tissue import detect_tissue, tissue_downsample
+from construct.slide.tissue import slide_tissue
 
 TARGET_MPP = 1.0  # the synthetic slides are at 0.5 µm/px: the throughput slide is read at half size
 
@@ -73,8 +73,7 @@ def dump_tiles(slide_path: Path, folder: Path) -> int:
     """The tiles `segment_slide` will read, as PNGs (the folder arm's input)."""
     slide = open_slide(slide_path)
     grid = make_grid(slide.dimensions, slide.mpp, TARGET_MPP, 224, 56)
-    d = tissue_downsample(slide.dimensions, slide.mpp)
-    origins = grid.tissue_tiles(detect_tissue(slide.thumbnail(d), d, slide.mpp))
+    origins = grid.tissue_tiles(slide_tissue(slide))
     folder.mkdir(parents=True)
     for batch in SlideTileSource(slide, grid, origins).batches(16):
         for tile in batch:
@@ -110,15 +109,6 @@ def throughput(args, work: Path) -> dict:
     report("slide (whole command, outputs included)", median(whole), "tiles/s")
     report("overhead ratio (slide / folder)", ratio)
     return {"tiles": n, "folder_tiles_per_s": folder, "slide_tiles_per_s": whole, "overhead_ratio": ratio}
-
-
-def peak_rss_mb() -> float:
-    """This process's peak RSS. VmHWM, not getrusage's ru_maxrss: Linux keeps ru_maxrss across execve, so
-    a child started by a parent that had just written a big slide would report the parent's peak."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def rss_child(slide: Path, out: Path) -> None:

@@ -33,7 +33,7 @@ from construct.slide.synthetic import (
     render,
     write_pyramid_tiff,
 )
-from construct.slide.tissue import TissueMask, detect_tissue, tissue_downsample
+from construct.slide.tissue import TissueMask, detect_tissue, slide_tissue
 
 MPP, CELL = 2.0, 128
 WIDTH_UM = {"black-edge": 160, "grey-edge": 160, "tinted-glass": 200}  # the rest (ink): INK_UM
@@ -46,8 +46,7 @@ def detect(image: np.ndarray, path: Path, mpp: float) -> TissueMask:
     write_pyramid_tiff(path, image, mpp)
     slide = open_slide(path)
     try:
-        d = tissue_downsample(slide.dimensions, slide.mpp)
-        return detect_tissue(slide.thumbnail(d), d, slide.mpp)
+        return slide_tissue(slide)
     finally:
         slide.close()
 

@@ -34,7 +34,7 @@ from construct.slide.phases import Phases, TimedPredictor
 from construct.slide.reader import MPP_RANGE, Slide, open_slide
 from construct.slide.sink import UNCLASSIFIED, StitchedSlideSink
 from construct.slide.source import SlideTileSource
-from construct.slide.tissue import detect_tissue, tissue_downsample
+from construct.slide.tissue import slide_tissue
 from construct.stain.methods import DEFAULT_METHOD as DEFAULT_STAIN_NORM
 from construct.stain.predictor import with_stain_norm
 from construct.stain.runs import BATCH as STAIN_BATCH
@@ -155,8 +155,7 @@ def segment_slide(path: Path, cfg: SlideConfig, predictor: Predictor, progress: 
         overlap = tile // 4 if cfg.overlap is None else cfg.overlap
         grid = make_grid(slide.dimensions, slide.mpp, cfg.target_mpp, tile, overlap)
         with phases.time("tissue"):
-            d = tissue_downsample(slide.dimensions, slide.mpp)
-            tissue = detect_tissue(slide.thumbnail(d), d, slide.mpp, cfg.tissue_threshold)
+            tissue = slide_tissue(slide, cfg.tissue_threshold)
             origins = grid.tissue_tiles(tissue)
         with phases.time("stain"):
             normalizer, stain = _fit_stain(cfg, slide, grid, origins, path.stem)

@@ -100,6 +100,13 @@ def tissue_downsample(dimensions: tuple[int, int], mpp: float) -> float:
     return max(min(TISSUE_MPP / mpp, side / MIN_TISSUE_SIDE), side / MAX_TISSUE_SIDE, 1.0)
 
 
+def slide_tissue(slide, threshold: float | None = None) -> TissueMask:
+    """The tissue of an open slide (anything with `dimensions`, `mpp` and `thumbnail(downsample)`), found on
+    its thumbnail at `tissue_downsample`."""
+    d = tissue_downsample(slide.dimensions, slide.mpp)
+    return detect_tissue(slide.thumbnail(d), d, slide.mpp, threshold)
+
+
 def majority(mask: np.ndarray, size: int = MEDIAN_PX) -> np.ndarray:
     """The median of a boolean image over size x size windows: set where most of the window is."""
     if min(mask.shape) < size:

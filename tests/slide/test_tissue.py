@@ -17,7 +17,7 @@ from construct.slide.synthetic import (
     render,
     write_pyramid_tiff,
 )
-from construct.slide.tissue import detect_tissue, tissue_downsample, tissue_preview
+from construct.slide.tissue import slide_tissue, tissue_preview
 
 from .test_real_slide import SLIDE as CMU
 
@@ -30,8 +30,7 @@ def _detect(image: np.ndarray, path: Path, mpp: float, threshold: float | None =
     write_pyramid_tiff(path, image, mpp)
     slide = open_slide(path)
     try:
-        d = tissue_downsample(slide.dimensions, slide.mpp)
-        return detect_tissue(slide.thumbnail(d), d, slide.mpp, threshold)
+        return slide_tissue(slide, threshold)
     finally:
         slide.close()
 
