@@ -36,7 +36,7 @@ from construct.refine import RefineConfig, refine
 from construct.stain.augment import hed_recolour
 from construct.stain.colour import as_rows, from_rows, lab_to_rgb, rgb_to_lab
 from construct.stain.estimate import estimate_images, tissue_mask
-from construct.stain.methods import DEFAULT_METHOD, METHODS
+from construct.stain.methods import DEFAULT_AUGMENT, DEFAULT_LAB_AUGMENT, DEFAULT_METHOD, METHODS
 from construct.stain.normalize import StainNormalizer
 from construct.stain.reference import DegenerateStain, StainReference
 from construct.stain.runs import reference_of_run
@@ -142,12 +142,16 @@ def construct(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "construct", *args], check=True)
 
 
-def student_name(seed: int) -> str:
-    return "student" if seed == 0 else f"student-s{seed}"
+def student_name(seed: int, stain_augment: float, lab_augment: float) -> str:
+    name = "student" if seed == 0 else f"student-s{seed}"
+    if stain_augment != DEFAULT_AUGMENT:
+        name += f"-aug{stain_augment:g}"
+    return name + f"-lab{lab_augment:g}" if lab_augment else name
 
 
 def make_runs(data: Path, work: Path, conch: str, segformer: str, device: str, epochs: int,
-              models: list[str], student_seeds: list[int]) -> dict[str, Path]:
+              models: list[str], student_seeds: list[int], stain_augment: float,
+              lab_augment: float) -> dict[str, Path]:
     head = work / "runs" / "head"
     for split in ("train", "valid"):
         construct("extract", "--data", str(data), "--split", split, "--out", str(work / "features" / f"{split}.zarr"),
@@ -158,13 +162,14 @@ def make_runs(data: Path, work: Path, conch: str, segformer: str, device: str, e
                   "--quiet")
     runs = {"head": head} if "head" in models else {}
     for seed in student_seeds if "student" in models else []:
-        student = work / "runs" / student_name(seed)
+        student = work / "runs" / student_name(seed, stain_augment, lab_augment)
         history = student / "metrics.jsonl"
         if not history.is_file() or len(history.read_text().splitlines()) < epochs:
             resume = ["--resume"] if (student / "config.json").is_file() else []
             construct("distill", "--run", str(head), "--data", str(data), "--out", str(student), "--epochs",
-                      str(epochs), "--seed", str(seed), "--device", device, "--quiet", *resume)
-        runs[student_name(seed)] = student
+                      str(epochs), "--seed", str(seed), "--stain-augment", str(stain_augment), "--lab-augment",
+                      str(lab_augment), "--device", device, "--quiet", *resume)
+        runs[student_name(seed, stain_augment, lab_augment)] = student
     return runs
 
 
@@ -209,6 +214,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0, help="of the random shifts")
     p.add_argument("--models", default="head,student", help="which runs to score (head: no student trained)")
     p.add_argument("--student-seeds", default="0", help="one student per seed (`0,1`: two), each scored")
+    p.add_argument("--stain-augment", type=float, default=DEFAULT_AUGMENT, help="the students' (distill's flag)")
+    p.add_argument("--lab-augment", type=float, default=DEFAULT_LAB_AUGMENT, help="the students' (distill's flag)")
     p.add_argument("--methods", default=",".join(METHODS),
                    help="normalisations to score (none is always scored: the drops are measured from it)")
     p.add_argument("--stage1", action="store_true",
@@ -217,7 +224,8 @@ def main() -> None:
     args = p.parse_args()
     with workdir(args.workdir) as work:
         runs = make_runs(args.data, work, args.conch, args.segformer, args.device, args.epochs,
-                         args.models.split(","), [int(x) for x in args.student_seeds.split(",")])
+                         args.models.split(","), [int(x) for x in args.student_seeds.split(",")], args.stain_augment,
+                         args.lab_augment)
         methods = ["none", *(m for m in args.methods.split(",") if m != "none")]
         versions = {"original": args.data}
         table = shifts(args.seed)

@@ -15,6 +15,7 @@ from construct.distill.config import WEIGHTINGS
 from construct.errors import ConstructError
 from construct.slide.defaults import MIN_AREA_UM2, VECTOR_MPP
 from construct.stain.methods import DEFAULT_AUGMENT as DEFAULT_STAIN_AUGMENT
+from construct.stain.methods import DEFAULT_LAB_AUGMENT
 from construct.stain.methods import DEFAULT_METHOD as DEFAULT_STAIN_NORM
 from construct.stain.methods import METHODS as STAIN_METHODS
 from construct.store.in_memory import DEFAULT_MEMORY_GB
@@ -536,12 +537,15 @@ def slide(slides, run, out, mpp, slide_mpp, no_upsample, mask_values, overlap, t
 @stain_norm_option("Normalise the train tiles' stain to the teacher's reference before it labels them.")
 @click.option("--stain-augment", type=click.FloatRange(min=0, max=1), default=DEFAULT_STAIN_AUGMENT, show_default=True,
               help="Random HED stain perturbation of the student's training tiles: scale U(1-s, 1+s), shift (0: off).")
+@click.option("--lab-augment", type=click.FloatRange(min=0, max=1), default=DEFAULT_LAB_AUGMENT, show_default=True,
+              help="Random Reinhard-style colour transfer of the student's training tiles: tissue CIELAB mean "
+                   "shifted by up to 50s per channel, spread scaled by U(1-s, 1+s) (0: off).")
 @click.option("--resume", is_flag=True, help="Continue a killed student run in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @user_errors
 def distill(run, data, out, targets, classes, arch, encoder, encoder_weights, epochs, batch_size, lr, crop, weighting,
             w_mse, w_ce, tta, crf, conch, seed, workers, loader_workers, device, precision, memory_gb, stain_norm,
-            stain_augment, resume, quiet) -> None:
+            stain_augment, lab_augment, resume, quiet) -> None:
     """Stage 2: train a fast student segmentation network on a run's pseudo-masks.
 
     The run labels the train split as refine does (file-name labels, TTA, CRF) into RUN/targets/ (resumable,
@@ -556,7 +560,7 @@ def distill(run, data, out, targets, classes, arch, encoder, encoder_weights, ep
         encoder_weights=encoder_weights, epochs=epochs, batch_size=batch_size, lr=lr, crop=crop, weighting=weighting,
         w_mse=w_mse, w_ce=w_ce, tta=tta, crf=crf, conch=conch, seed=seed, target_workers=workers,
         workers=loader_workers, device=device, precision=precision, memory_gb=memory_gb, stain_norm=stain_norm,
-        stain_augment=stain_augment,
+        stain_augment=stain_augment, lab_augment=lab_augment,
     )
     result = run_distill(cfg, resume=resume, progress=not quiet)
     from construct.distributed import is_main_process

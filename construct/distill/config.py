@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from construct.stain.methods import DEFAULT_AUGMENT as DEFAULT_STAIN_AUGMENT
+from construct.stain.methods import DEFAULT_LAB_AUGMENT
 from construct.stain.methods import DEFAULT_METHOD as DEFAULT_STAIN_NORM
 from construct.store.in_memory import DEFAULT_MEMORY_GB
 
@@ -47,6 +48,7 @@ class DistillConfig:
     precision: str | None = "auto"
     stain_norm: str = DEFAULT_STAIN_NORM  # train tiles normalised to the teacher's reference before it labels them
     stain_augment: float = DEFAULT_STAIN_AUGMENT  # HED perturbation strength of the student's tiles (0: off)
+    lab_augment: float = DEFAULT_LAB_AUGMENT  # random Reinhard-style colour transfer strength (0: off)
 
     def to_dict(self) -> dict:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}

@@ -42,7 +42,7 @@ from construct.runs import (
 )
 from construct.runtime import autocast, check_precision, resolve_precision
 from construct.seeding import seeded_init
-from construct.stain.augment import hed_jitter
+from construct.stain.augment import hed_jitter, lab_jitter
 from construct.stain.normalize import check_method
 from construct.stain.runs import RUN_KEY as STAIN_RUN_KEY
 from construct.stain.runs import TEACHER_KEY, reference_of_files, reference_of_run
@@ -74,8 +74,9 @@ def _validate(cfg: DistillConfig) -> None:
     if cfg.lr <= 0:
         raise ConstructError(f"--lr {cfg.lr}: must be positive")
     check_method(cfg.stain_norm)
-    if not 0.0 <= cfg.stain_augment <= 1.0:
-        raise ConstructError(f"--stain-augment {cfg.stain_augment}: expected a strength in [0, 1]")
+    for flag, strength in (("--stain-augment", cfg.stain_augment), ("--lab-augment", cfg.lab_augment)):
+        if not 0.0 <= strength <= 1.0:
+            raise ConstructError(f"{flag} {strength}: expected a strength in [0, 1]")
     check_precision(cfg.precision)
     if cfg.crop is not None and (cfg.crop < 32 or cfg.crop % 32):
         raise ConstructError(f"--crop {cfg.crop}: must be a multiple of 32 (the students' output stride)")
@@ -223,7 +224,8 @@ def _distill(cfg: DistillConfig, resume: bool, conch: TapBackbone | None, progre
         stain_rng = torch.Generator().manual_seed(int(rng.integers(2**62)))
         for step, (raw, share) in enumerate(bar):
             batch = augment(to_device(raw, device), rng, cfg.crop)
-            batch["images01"] = hed_jitter(batch["images01"], cfg.stain_augment, stain_rng)
+            batch["images01"] = lab_jitter(hed_jitter(batch["images01"], cfg.stain_augment, stain_rng),
+                                           cfg.lab_augment, stain_rng)
             loss, terms = ddp(batch)
             values = share.values({"loss": loss, **terms})  # the same on every process: all stop together
             if not math.isfinite(values["loss"]):

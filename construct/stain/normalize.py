@@ -60,14 +60,24 @@ class StainNormalizer:
         return from_od(od).to(images01.dtype)
 
     def _reinhard(self, images01: torch.Tensor) -> torch.Tensor:
-        rows = as_rows(images01.float())
-        lab = rgb_to_lab(rows)
-        mean_in, std_in, mean_ref, std_ref = (torch.tensor(v).to(lab) for v in (
+        mean_in, std_in, mean_ref, std_ref = (torch.tensor(v) for v in (
             self.source.lab_mean, self.source.lab_std, self.target.lab_mean, self.target.lab_std))
-        moved = lab_to_rgb((lab - mean_in) / std_in * std_ref + mean_ref)
-        # 0 on glass, 1 on tissue (every channel's density above TISSUE_OD), linear between.
-        weight = ((to_od(rows).min(dim=1, keepdim=True).values - TISSUE_OD / 2) / (TISSUE_OD / 2)).clamp(0.0, 1.0)
-        return from_rows(rows + weight * (moved - rows), images01).to(images01.dtype)
+        b = len(images01)
+        return lab_transfer(images01, mean_in.expand(b, 3), (std_ref / std_in).expand(b, 3),
+                            (mean_ref - mean_in).expand(b, 3))
+
+
+def lab_transfer(images01: torch.Tensor, centre: torch.Tensor, scale: torch.Tensor,
+                 shift: torch.Tensor) -> torch.Tensor:
+    """Reinhard's colour transfer with per-image (B, 3) CIELAB factors: each tissue pixel's LAB becomes
+    (lab - centre) * scale + centre + shift. Glass is blended out (0 on glass, 1 on tissue whose every
+    channel's density is above TISSUE_OD, linear between) so that it stays white."""
+    b, _, h, w = images01.shape
+    rows = as_rows(images01.float())
+    per_pixel = [t.to(rows).repeat_interleave(h * w, dim=0) for t in (centre, scale, shift)]
+    moved = lab_to_rgb((rgb_to_lab(rows) - per_pixel[0]) * per_pixel[1] + per_pixel[0] + per_pixel[2])
+    weight = ((to_od(rows).min(dim=1, keepdim=True).values - TISSUE_OD / 2) / (TISSUE_OD / 2)).clamp(0.0, 1.0)
+    return from_rows(rows + weight * (moved - rows), images01).to(images01.dtype)
 
 
 def fit_normalizer(method: str, reference: StainReference | None,

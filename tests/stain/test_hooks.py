@@ -90,6 +90,7 @@ def test_student_records_its_own_and_its_teachers_reference(student_run, tiny_ru
 
 
 @pytest.mark.parametrize("kw, match", [({"stain_augment": 1.5}, "--stain-augment 1.5"),
+                                       ({"lab_augment": -0.1}, "--lab-augment -0.1"),
                                        ({"stain_norm": "vahadane"}, "--stain-norm vahadane")])
 def test_distill_refuses_bad_stain_settings(tiny_run, tmp_path, kw, match):
     from construct.distill.trainer import distill

@@ -153,3 +153,32 @@ def test_predictor_sees_normalised_images():
     wrapped.scores(images, "none")
     assert torch.equal(inner.seen, normaliser(images))
     assert with_stain_norm(inner, None) is inner
+
+
+def test_lab_transfer_moves_tissue_by_the_shift_and_leaves_glass_white():
+    from construct.stain.normalize import lab_transfer
+
+    pink = torch.tensor([0.85, 0.45, 0.65])  # one flat tissue colour: no spread for the scale to act on
+    image = torch.ones(1, 3, 8, 8)
+    image[..., 4:, :] = pink[:, None, None]
+    centre = rgb_to_lab(pink[None])
+    moved = lab_transfer(image, centre, torch.full((1, 3), 1.7), torch.tensor([[-6.0, 4.0, -2.0]]))
+    assert torch.equal(moved[..., :4, :], image[..., :4, :])  # glass untouched
+    got = rgb_to_lab(as_rows(moved[..., 4:, :]))
+    assert torch.allclose(got, centre + torch.tensor([-6.0, 4.0, -2.0]), atol=0.05)
+    same = lab_transfer(image, centre, torch.ones(1, 3), torch.zeros(1, 3))
+    assert torch.allclose(same, image, atol=1e-4)
+
+
+def test_lab_jitter_is_seeded_bounded_and_off_at_zero():
+    from construct.stain.augment import LAB_SHIFT_SCALE, lab_jitter, tissue_lab_means
+
+    images = compose(H, E, n=6)
+    assert lab_jitter(images, 0.0, torch.Generator()) is images
+    a = lab_jitter(images, 0.1, torch.Generator().manual_seed(3))
+    assert torch.equal(a, lab_jitter(images, 0.1, torch.Generator().manual_seed(3)))
+    assert torch.equal(a[..., :4, :], images[..., :4, :])  # the glass border stays white
+    moved = tissue_lab_means(a) - tissue_lab_means(images)
+    assert moved.abs().max() <= 0.1 * LAB_SHIFT_SCALE + 1.0  # + what clamping to RGB moves the mean
+    assert moved.abs().mean() > 0.5  # and it does move it
+    assert (moved[0] - moved[1]).abs().max() > 1.0  # each image its own draw
