@@ -552,8 +552,17 @@ def distill(run, data, out, targets, classes, arch, encoder, encoder_weights, ep
     reused); the student learns their soft scores and boundary-weighted masks. `construct refine --run OUT`
     then needs no CONCH.
     """
-    from construct.distill.config import DistillConfig
+    from dataclasses import asdict
+
+    from construct.distill.config import (
+        EXTENDABLE,
+        RESUME_FROM_COMMAND,
+        DistillConfig,
+        resumed_distill_config,
+        saved_setting,
+    )
     from construct.distill.trainer import distill as run_distill
+    from construct.runs import STUDENT_KIND, is_run, read_kind
 
     cfg = DistillConfig(
         run=run, data=data, out=out, targets=targets, classes=classes, arch=arch, encoder=encoder,
@@ -562,6 +571,17 @@ def distill(run, data, out, targets, classes, arch, encoder, encoder_weights, ep
         workers=loader_workers, device=device, precision=precision, memory_gb=memory_gb, stain_norm=stain_norm,
         stain_augment=stain_augment, lab_augment=lab_augment,
     )
+    if resume and is_run(out):  # a resumed run keeps the settings it was started with
+        saved = read_kind(out, STUDENT_KIND, "distill --resume")["distill"]
+        values = cfg.to_dict()
+        # Fields without a flag (weight decay, boundary weighting) count as not given.
+        changed = [_flag(k) for k in values if k not in (*RESUME_FROM_COMMAND, *EXTENDABLE) and _given(k)
+                   and values[k] != saved_setting(saved, k)]
+        if changed:
+            raise ConstructError(f"{out}: --resume continues the student with the settings it was started with; "
+                                 f"{', '.join(changed)} differ (use another --out for a new run)")
+        command = {k: v for k, v in asdict(cfg).items() if k in RESUME_FROM_COMMAND or (k in EXTENDABLE and _given(k))}
+        cfg = resumed_distill_config(saved, command)
     result = run_distill(cfg, resume=resume, progress=not quiet)
     from construct.distributed import is_main_process
 

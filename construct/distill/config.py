@@ -11,6 +11,14 @@ from construct.stain.methods import DEFAULT_METHOD as DEFAULT_STAIN_NORM
 from construct.store.in_memory import DEFAULT_MEMORY_GB
 
 WEIGHTINGS = ("uncertainty", "fixed")
+# Where a student run's inputs are and where and how it computes: `distill --resume` takes these from the
+# command; everything else (what the student is and learns) from the run.
+RESUME_FROM_COMMAND = ("run", "data", "out", "targets", "conch", "device", "precision", "memory_gb", "workers",
+                       "target_workers")
+# More (or fewer) passes may be asked of a resumed run, e.g. to extend a finished one; unless given, its own.
+EXTENDABLE = ("epochs",)
+# Settings added after runs could have started, with the value that keeps such a run's behaviour.
+ADDED_SETTINGS = {"lab_augment": 0.0}
 
 
 @dataclass
@@ -55,3 +63,16 @@ class DistillConfig:
 
     def student_dict(self) -> dict:
         return {"arch": self.arch, "encoder": self.encoder, "encoder_weights": self.encoder_weights}
+
+
+def resumed_distill_config(saved: dict, command: dict) -> DistillConfig:
+    """The settings of a student run being resumed: the `distill` table of its run config, with what
+    `command` sets (at least the RESUME_FROM_COMMAND fields; an EXTENDABLE one where it was given)."""
+    fields = DistillConfig.__dataclass_fields__
+    kept = {k: v for k, v in {**ADDED_SETTINGS, **saved}.items() if k in fields and k not in command}
+    return DistillConfig(**kept, **command)
+
+
+def saved_setting(saved: dict, name: str):
+    """A setting as a run recorded it (ADDED_SETTINGS' value when it started before the setting existed)."""
+    return saved.get(name, ADDED_SETTINGS.get(name))

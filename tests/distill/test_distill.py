@@ -85,6 +85,28 @@ def test_resume_refusals(tiny_run, student_run, tmp_path):
                 progress=False)
 
 
+def test_cli_resume_refuses_changed_settings_and_keeps_the_runs_own(tiny_run, student_run):
+    base = ["distill", "--run", str(tiny_run.run), "--data", str(tiny_run.data), "--out", str(student_run.run),
+            "--resume", "--stain-augment", "0.05"]  # as the run was made: not a change
+    one_line_error([*base, "--epochs", "9", "--lr", "0.5", "--lab-augment", "0.3"],  # more epochs may extend it
+                   "--resume continues the student with the settings it was started with; --lr, --lab-augment differ")
+
+
+def test_a_resumed_run_keeps_its_settings_and_those_added_since_keep_its_behaviour(tmp_path):
+    from construct.distill.config import RESUME_FROM_COMMAND, DistillConfig, resumed_distill_config
+
+    made = DistillConfig(run=tmp_path / "teacher", data=tmp_path / "data", out=tmp_path / "old", lr=0.01,
+                         arch="fpn", epochs=4).to_dict()
+    del made["lab_augment"]  # a run from before --lab-augment
+    command = {k: v for k, v in dataclasses.asdict(DistillConfig(
+        run=tmp_path / "moved", data=tmp_path / "data", out=tmp_path / "new", device="cpu", memory_gb=0.5)).items()
+        if k in RESUME_FROM_COMMAND}
+    cfg = resumed_distill_config(made, command)
+    assert (cfg.lr, cfg.arch, cfg.lab_augment, cfg.epochs) == (0.01, "fpn", 0.0, 4)  # no transfer half-way
+    assert (cfg.run, cfg.out, cfg.device, cfg.memory_gb) == (tmp_path / "moved", tmp_path / "new", "cpu", 0.5)
+    assert resumed_distill_config(made, {**command, "epochs": 30}).epochs == 30  # a finished run extended
+
+
 def test_fractional_epochs_stop_part_way(tiny_run, student_run, tmp_path, monkeypatch):
     """--epochs 0.5 of 3 batches an epoch (12 tiles, batch 4) trains ceil(1.5) = 2 steps, as train counts."""
     steps = []
