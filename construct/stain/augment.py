@@ -58,10 +58,11 @@ def lab_jitter(images01: torch.Tensor, strength: float, generator: torch.Generat
 
 
 def tissue_lab_means(images01: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) → (B, 3): each image's mean CIELAB colour over its tissue (all pixels if it has none)."""
-    means = []
-    for image in images01.detach().float().cpu():
-        rows = as_rows(image[None])
-        tissue = tissue_mask(rows)
-        means.append(rgb_to_lab(rows[tissue] if tissue.any() else rows).mean(dim=0))
-    return torch.stack(means)
+    """(B, 3, H, W) → (B, 3): each image's mean CIELAB colour over its tissue (all pixels if it has none).
+    Computed on the images' device in one pass, so a GPU batch needs no sync."""
+    b = images01.shape[0]
+    rows = as_rows(images01.detach().float())
+    lab = rgb_to_lab(rows).reshape(b, -1, 3)
+    tissue = tissue_mask(rows).reshape(b, -1, 1).to(lab)
+    count = tissue.sum(dim=1)
+    return torch.where(count > 0, (lab * tissue).sum(dim=1) / count.clamp(min=1), lab.mean(dim=1))

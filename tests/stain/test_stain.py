@@ -182,3 +182,14 @@ def test_lab_jitter_is_seeded_bounded_and_off_at_zero():
     assert moved.abs().max() <= 0.1 * LAB_SHIFT_SCALE + 1.0  # + what clamping to RGB moves the mean
     assert moved.abs().mean() > 0.5  # and it does move it
     assert (moved[0] - moved[1]).abs().max() > 1.0  # each image its own draw
+
+
+def test_tissue_lab_means_leave_glass_out_and_fall_back_to_the_whole_image():
+    from construct.stain.augment import tissue_lab_means
+
+    pink = torch.tensor([0.8, 0.4, 0.6])
+    images = torch.ones(2, 3, 4, 4)  # the second is all glass
+    images[0, :, 2:, :] = pink[:, None, None]
+    means = tissue_lab_means(images)
+    assert torch.allclose(means[0], rgb_to_lab(pink[None])[0], atol=1e-3)
+    assert torch.allclose(means[1], torch.tensor([100.0, 0.0, 0.0]), atol=1e-2)
