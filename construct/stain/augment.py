@@ -13,7 +13,7 @@ import torch
 
 from construct.stain.colour import DAB, EOSIN, HEMATOXYLIN, as_rows, from_od, rgb_to_lab, to_od
 from construct.stain.estimate import tissue_mask
-from construct.stain.normalize import lab_transfer
+from construct.stain.normalize import lab_transfer, tissue_means
 
 RUIFROK = (HEMATOXYLIN, EOSIN, DAB)  # rows of the deconvolution matrix
 SHIFT_SCALE = 0.3  # typical tissue concentration in these units: shifts are a fraction of it
@@ -54,15 +54,11 @@ def lab_jitter(images01: torch.Tensor, strength: float, generator: torch.Generat
     b = images01.shape[0]
     scale = 1 + strength * (2 * torch.rand(b, 3, generator=generator) - 1)
     shift = LAB_SHIFT_SCALE * strength * (2 * torch.rand(b, 3, generator=generator) - 1)
-    return lab_transfer(images01, tissue_lab_means(images01), scale, shift)
+    return lab_transfer(images01, None, scale, shift)
 
 
 def tissue_lab_means(images01: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) → (B, 3): each image's mean CIELAB colour over its tissue (all pixels if it has none).
-    Computed on the images' device in one pass, so a GPU batch needs no sync."""
+    """(B, 3, H, W) → (B, 3): each image's mean CIELAB colour over its tissue (all pixels if it has none)."""
     b = images01.shape[0]
     rows = as_rows(images01.detach().float())
-    lab = rgb_to_lab(rows).reshape(b, -1, 3)
-    tissue = tissue_mask(rows).reshape(b, -1, 1).to(lab)
-    count = tissue.sum(dim=1)
-    return torch.where(count > 0, (lab * tissue).sum(dim=1) / count.clamp(min=1), lab.mean(dim=1))
+    return tissue_means(rgb_to_lab(rows).reshape(b, -1, 3), tissue_mask(rows).reshape(b, -1))

@@ -24,7 +24,7 @@ from construct.stain.colour import (
     rgb_to_lab,
     to_od,
 )
-from construct.stain.estimate import TISSUE_OD, estimate_images
+from construct.stain.estimate import TISSUE_OD, estimate_images, tissue_mask
 from construct.stain.methods import METHODS
 from construct.stain.reference import DegenerateStain, StainReference
 
@@ -67,17 +67,29 @@ class StainNormalizer:
                             (mean_ref - mean_in).expand(b, 3))
 
 
-def lab_transfer(images01: torch.Tensor, centre: torch.Tensor, scale: torch.Tensor,
+def lab_transfer(images01: torch.Tensor, centre: torch.Tensor | None, scale: torch.Tensor,
                  shift: torch.Tensor) -> torch.Tensor:
     """Reinhard's colour transfer with per-image (B, 3) CIELAB factors: each tissue pixel's LAB becomes
-    (lab - centre) * scale + centre + shift. Glass is blended out (0 on glass, 1 on tissue whose every
-    channel's density is above TISSUE_OD, linear between) so that it stays white."""
+    (lab - centre) * scale + centre + shift; `centre` None: each image's own tissue mean. Glass is blended
+    out (0 on glass, 1 on tissue whose every channel's density is above TISSUE_OD, linear between) so that
+    it stays white."""
     b, _, h, w = images01.shape
     rows = as_rows(images01.float())
-    per_pixel = [t.to(rows).repeat_interleave(h * w, dim=0) for t in (centre, scale, shift)]
-    moved = lab_to_rgb((rgb_to_lab(rows) - per_pixel[0]) * per_pixel[1] + per_pixel[0] + per_pixel[2])
+    lab = rgb_to_lab(rows).reshape(b, h * w, 3)
+    if centre is None:
+        centre = tissue_means(lab, tissue_mask(rows).reshape(b, h * w))
+    centre, scale, shift = (t.to(lab)[:, None] for t in (centre, scale, shift))
+    moved = lab_to_rgb(((lab - centre) * scale + centre + shift).reshape(-1, 3))
     weight = ((to_od(rows).min(dim=1, keepdim=True).values - TISSUE_OD / 2) / (TISSUE_OD / 2)).clamp(0.0, 1.0)
     return from_rows(rows + weight * (moved - rows), images01).to(images01.dtype)
+
+
+def tissue_means(values: torch.Tensor, tissue: torch.Tensor) -> torch.Tensor:
+    """(B, N, C) values and (B, N) tissue masks → (B, C): each image's mean over its tissue (over all its
+    pixels where it has none). One pass, on the values' device: no host sync for a GPU batch."""
+    weight = tissue[..., None].to(values)
+    count = weight.sum(dim=1)
+    return torch.where(count > 0, (values * weight).sum(dim=1) / count.clamp(min=1), values.mean(dim=1))
 
 
 def fit_normalizer(method: str, reference: StainReference | None,

@@ -19,6 +19,7 @@ import torch
 
 from construct.data.dataset import IMAGE_SIZE, read_image
 from construct.errors import ConstructError
+from construct.runs import RUN_CONFIG, read_run_config
 from construct.stain.estimate import estimate_images
 from construct.stain.normalize import StainNormalizer, fit_normalizer
 from construct.stain.reference import DegenerateStain, StainReference
@@ -118,14 +119,12 @@ def reference_of_run(run: Path) -> StainReference | None:
     """`run_reference` of a run folder, resolved once per process for as long as its config.json is
     unchanged: a batch of slides or folders (and a run without a recorded reference, whose reference is
     estimated from its training tiles) pays for it once."""
-    config = Path(run).resolve() / "config.json"
+    config = Path(run).resolve() / RUN_CONFIG
     return _reference_of_run(config.parent, config.stat().st_mtime_ns if config.is_file() else None)
 
 
 @functools.lru_cache(maxsize=16)
 def _reference_of_run(run: Path, config_stamp: int | None) -> StainReference | None:
-    from construct.runs import read_run_config
-
     return run_reference(run, read_run_config(run))
 
 
