@@ -174,8 +174,10 @@ def real_child(slide: Path, run: Path, out: Path, tile_size: int | None) -> None
     overlap = getattr(model, "default_overlap", None)
     t = time.perf_counter()
     batch = 16 if tile_size is None else 2  # the CLI default for 224 px tiles; about as many pixels per forward
-    result = segment_slides([slide], SlideConfig(out=out, target_mpp=REAL_MPP, batch_size=batch, overlap=overlap),
-                            model.predictor, progress=False)
+    settings = {"out": out, "target_mpp": REAL_MPP, "batch_size": batch, "overlap": overlap}
+    if "run" in SlideConfig.__dataclass_fields__:  # as `construct slide` runs it: stain normalised to the run's
+        settings["run"] = run
+    result = segment_slides([slide], SlideConfig(**settings), model.predictor, progress=False)
     seconds = time.perf_counter() - t
     if result.failed:
         raise SystemExit(f"{slide}: {result.failed[0][1]}")

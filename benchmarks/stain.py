@@ -79,6 +79,15 @@ def recolour(images01: torch.Tensor, shift: dict) -> torch.Tensor:
     return from_rows(moved, images01)
 
 
+def read01(path: Path) -> torch.Tensor:
+    """An image file as (3, H, W) in [0, 1]."""
+    return torch.from_numpy(np.asarray(Image.open(path).convert("RGB")).copy()).permute(2, 0, 1).float() / 255
+
+
+def write01(image01: torch.Tensor, path: Path) -> None:
+    Image.fromarray((image01.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(path)
+
+
 def make_shifted(data: Path, out: Path, shift: dict) -> Path:
     """A dataset root whose test split is `data`'s, recoloured (one transform for the whole split)."""
     if (out / "test" / "done").is_file():
@@ -86,12 +95,11 @@ def make_shifted(data: Path, out: Path, shift: dict) -> Path:
     img = out / "test" / "img"
     img.mkdir(parents=True, exist_ok=True)
     samples = list_split(data, "test", BCSS)
-    images = torch.stack([torch.from_numpy(np.asarray(Image.open(s.image_path).convert("RGB")).copy())
-                          for s in samples]).permute(0, 3, 1, 2).float() / 255
+    images = torch.stack([read01(s.image_path) for s in samples])
     # The colour transfer moves the split's statistics as a whole: computed over all its tiles at once.
     shifted = recolour(images, shift)
     for s, im in zip(samples, shifted):
-        Image.fromarray((im.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(img / s.image_path.name)
+        write01(im, img / s.image_path.name)
     mask = out / "test" / "mask"
     if not mask.exists():
         mask.symlink_to((data / "test" / "mask").resolve())
@@ -110,13 +118,12 @@ def per_tile_copy(src: Path, out: Path, split: str, reference: StainReference) -
     dest = out / img.relative_to(src)
     dest.mkdir(parents=True, exist_ok=True)
     for s in samples:
-        tile = torch.from_numpy(np.asarray(Image.open(s.image_path).convert("RGB")).copy()).permute(2, 0, 1)[None]
-        tile = tile.float() / 255
+        tile = read01(s.image_path)[None]
         try:
             tile = StainNormalizer("reinhard", estimate_images([tile], s.image_id), reference)(tile)
         except DegenerateStain:
             pass
-        Image.fromarray((tile[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(dest / s.image_path.name)
+        write01(tile[0], dest / s.image_path.name)
     if split != "train" and not (dest.parent / "mask").exists():
         (dest.parent / "mask").symlink_to((img.parent / "mask").resolve())
     done.write_text("")
@@ -125,16 +132,21 @@ def per_tile_copy(src: Path, out: Path, split: str, reference: StainReference) -
 def stage1_run(data: Path, work: Path, head: Path, conch: str, segformer: str, device: str) -> Path:
     """A head run whose store was extracted from per-tile normalised train and valid tiles."""
     reference = reference_of_run(head)
-    root, run = work / "stage1" / "data", work / "stage1" / "head"
+    root = work / "stage1" / "data"
     for split in ("train", "valid"):
         per_tile_copy(data, root, split, reference)
-        construct("extract", "--data", str(root), "--split", split, "--out",
-                  str(work / "stage1" / f"{split}.zarr"), "--conch", conch, "--segformer", segformer,
-                  "--device", device, "--quiet")
-    if not (run / "head_best.safetensors").exists():
-        construct("train", "--features", str(work / "stage1" / "train.zarr"), "--val-features",
-                  str(work / "stage1" / "valid.zarr"), "--out", str(run), "--preset", "demo", "--device", device,
-                  "--quiet")
+    return head_run(root, work / "stage1", work / "stage1" / "head", conch, segformer, device)
+
+
+def head_run(data: Path, stores: Path, run: Path, conch: str, segformer: str, device: str) -> Path:
+    """`data`'s train and valid splits extracted into `stores` and a demo-preset head trained on them (each
+    step skipped when already done)."""
+    for split in ("train", "valid"):
+        construct("extract", "--data", str(data), "--split", split, "--out", str(stores / f"{split}.zarr"),
+                  "--conch", conch, "--segformer", segformer, "--device", device, "--quiet")
+    if not (run / "head_best.safetensors").exists() and not (run / "head_last.safetensors").exists():
+        construct("train", "--features", str(stores / "train.zarr"), "--val-features", str(stores / "valid.zarr"),
+                  "--out", str(run), "--preset", "demo", "--device", device, "--quiet")
     return run
 
 
@@ -152,14 +164,7 @@ def student_name(seed: int, stain_augment: float, lab_augment: float) -> str:
 def make_runs(data: Path, work: Path, conch: str, segformer: str, device: str, epochs: int,
               models: list[str], student_seeds: list[int], stain_augment: float,
               lab_augment: float) -> dict[str, Path]:
-    head = work / "runs" / "head"
-    for split in ("train", "valid"):
-        construct("extract", "--data", str(data), "--split", split, "--out", str(work / "features" / f"{split}.zarr"),
-                  "--conch", conch, "--segformer", segformer, "--device", device, "--quiet")
-    if not (head / "head_best.safetensors").exists() and not (head / "head_last.safetensors").exists():
-        construct("train", "--features", str(work / "features" / "train.zarr"), "--val-features",
-                  str(work / "features" / "valid.zarr"), "--out", str(head), "--preset", "demo", "--device", device,
-                  "--quiet")
+    head = head_run(data, work / "features", work / "runs" / "head", conch, segformer, device)
     runs = {"head": head} if "head" in models else {}
     for seed in student_seeds if "student" in models else []:
         student = work / "runs" / student_name(seed, stain_augment, lab_augment)
